@@ -632,7 +632,7 @@ class SharePartition:
                 expected_first = self._start_offset if previous is None or previous.last < self._start_offset \
                     else previous.last + 1
                 assert run.first == expected_first, "hole in the window"
-                if previous is not None and previous.last + 1 == run.first:
+                if previous is not None and previous.last + 1 == run.first and run.first != self._start_offset:
                     assert previous.key() != run.key(), "equal neighbours not merged"
             assert (run.state == RecordState.ACQUIRED) == (run.member_id is not None), "holder iff acquired"
             assert (run.state == RecordState.ACQUIRED) == (run.deadline_ms is not None), "deadline iff acquired"

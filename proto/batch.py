@@ -363,7 +363,7 @@ def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHead
     return BatchHeader._make(_HEADER.unpack_from(buf, pos))
 
 
-def _check_shape(header: BatchHeader, pos: int) -> None:
+def check_shape(header: BatchHeader, pos: int) -> None:
     if header.batch_length < MIN_BATCH_LENGTH:
         raise CorruptBatchError(
             f"batch at byte {pos} declares batch_length {header.batch_length}, below the minimum {MIN_BATCH_LENGTH}"
@@ -388,7 +388,7 @@ def iter_batches(buf: bytes | bytearray | memoryview) -> Iterator[tuple[int, Bat
     end = len(buf)
     while pos < end:
         header = parse_header(buf, pos)
-        _check_shape(header, pos)
+        check_shape(header, pos)
         batch_end = pos + header.batch_length + LOG_OVERHEAD_BYTES
         if batch_end > end:
             raise CorruptBatchError(
@@ -516,7 +516,7 @@ def decode_records(
 ) -> list[Record]:
     """Decode the records of exactly one batch (with its header) into Record tuples."""
     header = parse_header(batch)
-    _check_shape(header, 0)
+    check_shape(header, 0)
     if header.size_bytes != len(batch):
         raise CorruptBatchError(f"batch declares {header.size_bytes} bytes but {len(batch)} were given")
     if verify_crc and not crc_matches(batch, 0, header):

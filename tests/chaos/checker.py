@@ -324,21 +324,22 @@ class _Analysis:
         self.acks: list[AckRecord] = []
         for operation in self.by_f["ack"]:
             member = operation.invoke.value.get("member")
-            outcomes: dict[tuple[Any, int], str] = {}
-            if operation.type == "ok":
-                results = operation.completion.value.get("results") if operation.completion.value else None
-                if results is None:
-                    # An ok without per-record results means every record was applied.
-                    outcomes = {}
-                else:
-                    for partition, offset, result in results:
-                        outcomes[(_partition(partition), int(offset))] = "ok" if result == "ok" else "fail"
+            # An ok without per-record results applied every record; with results, a
+            # record the broker did not answer for has an unknown outcome.
+            outcomes: dict[tuple[Any, int], str] | None = None
+            if operation.type == "ok" and (operation.completion.value or {}).get("results") is not None:
+                outcomes = {
+                    (_partition(partition), int(offset)): "ok" if result == "ok" else "fail"
+                    for partition, offset, result in operation.completion.value["results"]
+                }
             for partition, offset, kind in operation.invoke.value["acks"]:
                 key = (_partition(partition), int(offset))
-                if operation.type == "ok":
-                    outcome = outcomes.get(key, "ok" if not outcomes else "info")
-                else:
+                if operation.type != "ok":
                     outcome = operation.type
+                elif outcomes is None:
+                    outcome = "ok"
+                else:
+                    outcome = outcomes.get(key, "info")
                 self.acks.append(AckRecord(key[0], key[1], kind, outcome, member, operation))
         self.acks_by_record: dict[tuple[Any, int], list[AckRecord]] = defaultdict(list)
         for ack in self.acks:
@@ -552,7 +553,7 @@ class _Analysis:
             ops_and_sources = at_offset[(partition, offset)].setdefault(value, (ops, set()))
             ops_and_sources[1].add(source)
             offsets_of[value].setdefault((partition, offset), ops)
-        for (partition, offset), values in sorted(at_offset.items(), key=repr):
+        for (partition, offset), values in at_offset.items():
             if len(values) > 1:
                 found["inconsistent-offsets"].append(
                     _evidence(

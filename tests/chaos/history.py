@@ -224,6 +224,9 @@ class HistoryRecorder:
         process: str | int = "nemesis",
         node: str | int | None = None,
     ) -> Op:
+        if f in CLIENT_FUNCTIONS:
+            # It would be read back as the completion of an open client operation.
+            raise ValueError(f"{f!r} is a client operation, not an event; use invoke()")
         return self._append(process, "info", f, value, node)
 
     def close(self) -> None:

@@ -9,6 +9,13 @@ Rules
   - `summary.txt`: the same for a human (the text `summary_text` returns).
 * The summary shows every anomaly class with its count, but only the first
   `EXAMPLES_PER_CLASS` pieces of evidence of each; report.json has all of them.
+* A fetch or consume response inside a slice keeps only the records the
+  evidence names (by value, or by partition and offset), if any; it is then
+  marked `"abridged": true`.
+* A final dump holds whole logs, so inside a slice it is abridged to the
+  evidence's partition and the offsets within `DUMP_CONTEXT_OFFSETS` of the
+  evidence's offset (marked `"abridged": true`); the history file has it whole.
+  Summary lines are cut at `SUMMARY_LINE_MAX` characters.
 * Throughput is counted per `WINDOW_S` seconds from the first op: ok produces,
   records delivered by share fetches, records consumed, and faults injected.
 
@@ -34,6 +41,8 @@ if TYPE_CHECKING:
 
 WINDOW_S = 10
 EXAMPLES_PER_CLASS = 5
+DUMP_CONTEXT_OFFSETS = 3
+SUMMARY_LINE_MAX = 400
 _NS_PER_S = 1_000_000_000
 
 
@@ -66,6 +75,40 @@ def throughput_windows(history: Sequence[Op], window_s: int = WINDOW_S) -> list[
         if event.f in FAULT_EVENTS:
             window_of(event.time_ns)["faults"] += 1
     return windows
+
+
+def slice_op(op: Op, evidence: dict[str, Any]) -> dict[str, Any]:
+    """One op of an evidence slice; a final dump keeps only what concerns the evidence."""
+    raw = op.to_dict()
+    wanted = evidence.get("partition")
+    offsets = evidence.get("offsets") or ([evidence["offset"]] if "offset" in evidence else [])
+    if op.f in ("share_fetch", "consume") and op.type == "ok" and isinstance(op.value, dict):
+        # A response may carry hundreds of records; keep the ones the evidence names.
+        records = op.value.get("records", [])
+        relevant = [
+            record
+            for record in records
+            if record.get("value") == evidence.get("value")
+            or (str(record.get("partition")) == str(wanted) and record.get("offset") in offsets)
+        ]
+        if relevant and len(relevant) < len(records):
+            raw["value"] = {**op.value, "records": relevant, "abridged": True}
+        return raw
+    if op.f != "final_dump" or not isinstance(op.value, dict):
+        return raw
+    low = min(offsets, default=0) - DUMP_CONTEXT_OFFSETS
+    high = max(offsets, default=0) + DUMP_CONTEXT_OFFSETS
+    partitions = {}
+    for partition, dump in op.value.get("partitions", {}).items():
+        if wanted is not None and str(partition) != str(wanted):
+            continue
+        partitions[partition] = {
+            **dump,
+            "log": [entry for entry in dump.get("log", []) if low <= entry[0] <= high],
+            "states": [run for run in (dump.get("states") or []) if run[0] <= high and run[1] >= low],
+        }
+    raw["value"] = {**op.value, "partitions": partitions, "abridged": True}
+    return raw
 
 
 def _verdict(valid: bool | str) -> str:
@@ -125,7 +168,10 @@ def summary_text(result: CheckResult, history: Sequence[Op]) -> str:
             for index in item["ops"]:
                 op = by_index.get(index)
                 if op is not None:
-                    lines.append("    " + json.dumps(op.to_dict(), default=str))
+                    line = json.dumps(slice_op(op, item), default=str)
+                    if len(line) > SUMMARY_LINE_MAX:
+                        line = line[: SUMMARY_LINE_MAX - 3] + "..."
+                    lines.append("    " + line)
         if len(evidence) > EXAMPLES_PER_CLASS:
             lines.append(f"  ... {len(evidence) - EXAMPLES_PER_CLASS} more in report.json")
         lines.append("")
@@ -141,7 +187,7 @@ def write_report(result: CheckResult, history: Sequence[Op], out_dir: str | os.P
     report["verdict"] = _verdict(result.valid)
     report["anomalies"] = {
         name: [
-            {**item, "slice": [by_index[index].to_dict() for index in item["ops"] if index in by_index]}
+            {**item, "slice": [slice_op(by_index[index], item) for index in item["ops"] if index in by_index]}
             for item in evidence
         ]
         for name, evidence in result.anomalies.items()

@@ -117,10 +117,19 @@ class Run:
             },
         )
 
-    def dump(self, node: str, log: dict[int, str], start_offset: int | None, states: list[list[Any]] = ()) -> None:
+    def dump(
+        self,
+        node: str,
+        log: dict[int, str],
+        start_offset: int | None,
+        states: list[list[Any]] = (),
+        high_watermark: int | None = None,
+    ) -> None:
+        if high_watermark is None:
+            high_watermark = max(log) + 1 if log else 0
         partition = {
             "log": [[offset, value] for offset, value in sorted(log.items())],
-            "high_watermark": max(log) + 1 if log else 0,
+            "high_watermark": high_watermark,
             "start_offset": start_offset,
             "states": [list(run) for run in states],
         }
@@ -478,17 +487,20 @@ def test_replica_divergence_of_logs_below_the_high_watermark() -> None:
     run.settle("m1", [(0, 0, "P1-0", 1), (0, 1, "P1-1", 1)])
     run.dump("n1", {0: "P1-0", 1: "P1-1"}, 2)
     run.dump("n2", {0: "P1-0", 1: "P1-1"}, 2)
-    run.dump("n3", {0: "P1-0", 2: "P1-1"}, 2)  # A hole at 1; P1-1 misplaced is also caught below.
-    result = run_check(run)
-    assert "replica-divergence" in flagged(result)
-    # The misplaced value is also at two offsets; drop it and only divergence remains.
-    run.ops[-1] = Op(run.ops[-1].index, "nemesis", "info", "final_dump", {
-        "node": "n3",
-        "partitions": {"0": {"log": [[0, "P1-0"]], "high_watermark": 2, "start_offset": 2, "states": []}},
-    }, run.ops[-1].time_ns)
+    run.dump("n3", {0: "P1-0"}, 2, high_watermark=2)  # A follower with a hole below its HW.
     result = run_check(run)
     assert flagged(result) == {"replica-divergence"}
     assert result.anomalies["replica-divergence"][0]["offsets"] == [1]
+
+
+def test_a_follower_behind_its_high_watermark_is_not_divergent() -> None:
+    run = Run()
+    run.produce(0, "P1-0", 0)
+    run.produce(0, "P1-1", 1)
+    run.settle("m1", [(0, 0, "P1-0", 1), (0, 1, "P1-1", 1)])
+    run.dump("n1", {0: "P1-0", 1: "P1-1"}, 2)
+    run.dump("n2", {0: "P1-0"}, 2)
+    assert flagged(run_check(run)) == set()
 
 
 def test_replica_divergence_of_share_state() -> None:
@@ -578,6 +590,22 @@ def test_ambiguous_outcomes_are_not_flagged() -> None:
     assert result.valid is True
     assert result.stats["retried_duplicates"] == 1
     assert result.stats["recovered"] == 1  # P1-1; P2-0 was acked on its retry.
+
+
+def test_a_record_missing_from_ack_results_has_an_unknown_outcome() -> None:
+    run = Run()
+    run.produce(0, "P1-0", 0)
+    run.produce(0, "P1-1", 1)
+    run.fetch("m1", [(0, 0, "P1-0", 1), (0, 1, "P1-1", 1)])
+    run._append("m1", "invoke", "ack", {"member": "m1", "acks": [[0, 0, "ACCEPT"], [0, 1, "ACCEPT"]]})
+    run._append("m1", "ok", "ack", {"results": [[0, 0, "ok"]]}, "n1")
+    run.tick(LOCK_MS)
+    run.settle("m2", [(0, 1, "P1-1", 2)])
+    run.dumps({0: "P1-0", 1: "P1-1"}, start_offset=2)
+    assert flagged(run_check(run)) == set()
+    # Had the broker answered ok for offset 1 too, the redelivery would be a resurrection.
+    run.ops[7] = Op(7, "m1", "ok", "ack", {"results": [[0, 0, "ok"], [0, 1, "ok"]]}, run.ops[7].time_ns, "n1")
+    assert flagged(run_check(run)) == {"resurrection"}
 
 
 def test_archive_explained_by_fetches_with_unknown_outcome() -> None:
@@ -672,6 +700,12 @@ def test_recorder_refuses_double_completion_and_overwrite(tmp_path) -> None:
     assert load_history(path)[1].value == {"error": "INVALID_RECORD_STATE"}
 
 
+def test_events_cannot_use_client_operation_names(tmp_path) -> None:
+    with HistoryRecorder(tmp_path / "history.jsonl") as recorder:
+        with pytest.raises(ValueError, match="client operation"):
+            recorder.event("produce", {})
+
+
 def test_load_history_drops_only_a_torn_last_line(tmp_path) -> None:
     path = tmp_path / "history.jsonl"
     write_history(path, clean_run().ops)
@@ -701,6 +735,27 @@ def test_report_has_counts_and_slices(tmp_path) -> None:
     assert "lost-middle: 1" in summary and "faults: 0 (required 1) NOT MET" in summary
     assert '"value": "P1-1"' in summary
     assert report["throughput"][0]["produced"] == 3
+    dump = evidence["slice"][-1]["value"]
+    assert dump["abridged"] is True and list(dump["partitions"]) == ["0"]
+
+
+def test_report_abridges_slices_to_the_evidence(tmp_path) -> None:
+    run = Run()
+    for offset in range(20):
+        run.produce(0, f"P1-{offset}", offset)
+    run.fetch("m1", [(0, offset, f"P1-{offset}", 1) for offset in range(20)])
+    run.ack("m1", [(0, offset, "RELEASE" if offset == 7 else "ACCEPT") for offset in range(20)])
+    run.tick(LOCK_MS)
+    run.settle("m2", [(0, 7, "P1-7", 1)])
+    run.dumps({offset: f"P1-{offset}" for offset in range(20)}, start_offset=20)
+    result = run_check(run)
+    assert flagged(result) == {"double-grant"}
+    write_report(result, run.ops, tmp_path)
+    report = json.loads((tmp_path / "report.json").read_text())
+    (evidence,) = report["anomalies"]["double-grant"]
+    first_fetch = next(op for op in evidence["slice"] if op["f"] == "share_fetch" and op["type"] == "ok")
+    assert first_fetch["value"]["abridged"] is True
+    assert [record["offset"] for record in first_fetch["value"]["records"]] == [7]
 
 
 def test_command_line(tmp_path, capsys) -> None:

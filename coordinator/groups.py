@@ -533,7 +533,9 @@ class GroupCoordinatorShard:
         """Adds (or re-adds) a member with epoch 0 and bumps the group epoch
         when the group's subscriptions changed."""
         if group is None:
-            self._emit(records, GroupMetadataRecord(group_id, group_type, 0, ()))
+            # The epoch-0 record is applied but not emitted: a new member always
+            # bumps the epoch below, and that record alone recreates the group.
+            self._apply(GroupMetadataRecord(group_id, group_type, 0, ()))
             group = self._groups[group_id]
         previous = group.members.get(member_id)
         if previous is None:

@@ -143,9 +143,15 @@ class _MetadataConsumer(SyncObjConsumer):
     ``super().__init__()`` are not part of snapshots; the snapshot is the
     image alone (see ``_serialize``)."""
 
-    def __init__(self, state: MetadataState, after_apply: Callable[[object, object], None]) -> None:
+    def __init__(
+        self,
+        state: MetadataState,
+        after_apply: Callable[[object, object], None],
+        fatal_handler: Callable[[BaseException], None],
+    ) -> None:
         self._state = state
         self._after_apply = after_apply
+        self._fatal_handler = fatal_handler
         super().__init__()
 
     def _serialize(self) -> dict[str, object]:
@@ -157,7 +163,11 @@ class _MetadataConsumer(SyncObjConsumer):
 
     @replicated
     def apply_command(self, command: MetadataCommand) -> object:
-        result = self._state.apply(command)
+        try:
+            result = self._state.apply(command)
+        except BaseException as error:  # a broken invariant: see the module docstring
+            self._fatal_handler(error)
+            raise
         self._after_apply(command, result)
         return result
 
@@ -195,7 +205,7 @@ class MetadataQuorum:
         if len(set(addresses)) != len(addresses):
             raise ValueError(f"two voters share a raft address: {voters}")
         for address in addresses:
-            _check_loopback_or_host(address)
+            _check_address(address)
         self.node_id = node_id
         self.voter = node_id in voters
         if self.voter and raft_address != voters[node_id]:
@@ -217,7 +227,7 @@ class MetadataQuorum:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
         self._state = MetadataState()
-        self._consumer = _MetadataConsumer(self._state, self._after_apply)
+        self._consumer = _MetadataConsumer(self._state, self._after_apply, fatal_handler)
         conf = SyncObjConf(
             autoTick=True,
             appendEntriesUseBatch=False,  # commit per command (~1 ms) instead of per heartbeat
@@ -263,7 +273,11 @@ class MetadataQuorum:
         sync_obj = self._sync_obj
         term = sync_obj.raftCurrentTerm if sync_obj is not None else 0
         if self._on_leadership_change is not None:
-            self._on_leadership_change(is_leader, term)
+            try:
+                self._on_leadership_change(is_leader, term)
+            except BaseException as error:  # a node that missed a leadership change is wrong
+                self._fatal_handler(error)
+                raise
 
     # -- proposals ------------------------------------------------------------
 
@@ -434,7 +448,7 @@ def _fail_name(reason: int) -> str:
     return str(reason)
 
 
-def _check_loopback_or_host(address: str) -> None:
+def _check_address(address: str) -> None:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"raft address {address!r} must be host:port")

@@ -249,3 +249,19 @@ def test_settings_are_validated() -> None:
         QuorumSettings(election_timeout_min_ms=100, append_entries_period_ms=50).validate()
     with pytest.raises(ValueError):
         QuorumSettings(election_timeout_max_ms=400).validate()
+
+
+def test_single_voter_and_broken_invariant_is_fatal(tmp_path: Path) -> None:
+    c = Cluster(tmp_path, voter_count=1)
+    try:
+        node = c.start(1)
+        register(node, 1)  # a one-voter quorum elects itself and commits
+        version = node.state.version
+        # An unknown command type is a broken invariant (a node running older
+        # code): the fatal handler runs instead of the node skipping it.
+        with pytest.raises(OperatingError):
+            node.propose("not a command", 1.0)  # type: ignore[arg-type]
+        wait_for(lambda: any(isinstance(e, AssertionError) for e in c.fatal), "the fatal handler")
+        assert node.state.version == version
+    finally:
+        c.stop_all()

@@ -70,7 +70,7 @@ SETTING_SPECS: dict[str, SettingSpec] = {
     "broker.heartbeat.interval.ms": SettingSpec(250, _int, lambda v: 50 <= v <= 60_000, "50..60000"),
     "default.replication.factor": SettingSpec(-1, _int, lambda v: v == -1 or 1 <= v <= 16, "-1 (min(3, live brokers)) or 1..16"),
     "num.partitions": SettingSpec(1, _int, lambda v: 1 <= v <= 10_000, "1..10000"),
-    "min.insync.replicas": SettingSpec(2, _int, lambda v: 1 <= v <= 16, "1..16"),
+    "min.insync.replicas": SettingSpec(1, _int, lambda v: 1 <= v <= 16, "1..16"),
     "replica.lag.time.max.ms": SettingSpec(3000, _int, lambda v: 100 <= v <= 600_000, "100..600000"),
     "replica.fetch.max.bytes": SettingSpec(1 << 20, _int, lambda v: 1024 <= v <= 64 << 20, "1024..67108864"),
     "replica.fetch.wait.max.ms": SettingSpec(500, _int, lambda v: 1 <= v <= 30_000, "1..30000"),

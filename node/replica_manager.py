@@ -656,7 +656,7 @@ class ReplicaManager:
         self._maybe_advance_high_watermark(replica)
         self._maybe_expand_isr(replica, follower_id, follower)
         records = b""
-        if fetch_offset < leader_end:
+        if fetch_offset < leader_end and max_bytes > 0:
             records = partition_log.read(fetch_offset, max_bytes, max_offset=leader_end)
         follower.last_sent_high_watermark = replica.high_watermark
         return records, replica.high_watermark, partition_log.log_start_offset, None

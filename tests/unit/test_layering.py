@@ -47,3 +47,12 @@ def test_client_speaks_only_grpc() -> None:
         if imported_roots(path) & {"node", "cluster", "coordinator"}
     }
     assert not offenders, f"client/ may import proto only: {offenders}"
+
+
+def test_error_codes_match_the_wire() -> None:
+    from coordinator.errors import ErrorCode
+    from proto import shoal_pb2
+
+    wire = dict(shoal_pb2.ErrorCode.items())
+    core = {code.name: int(code) for code in ErrorCode}
+    assert core == wire, "coordinator.errors.ErrorCode and proto ErrorCode must list the same codes"

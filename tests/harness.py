@@ -421,3 +421,88 @@ def make_cluster_fixture(n: int, settings: dict[str, str] | None = None, scope: 
             cluster.close()
 
     return _fixture
+
+
+# ---------------------------------------------------------------- raw gRPC data helpers
+#
+# A deliberately tiny producer/consumer on the raw stubs, so that data-plane
+# tests depend only on the wire contract, not on the client library.
+
+
+def make_batch(values: list[bytes], key: bytes | None = None, **producer_fields: int) -> bytes:
+    from proto.batch import build_batch
+
+    now_ms = int(time.time() * 1000)
+    return build_batch([(key, value, (), now_ms) for value in values], **producer_fields)
+
+
+def decode_values(records: bytes) -> list[tuple[int, bytes | None]]:
+    """(offset, value) of every record in the fetched batches."""
+    from proto.batch import records_in
+
+    return [(record.offset, record.value) for record in records_in(records)]
+
+
+def produce(
+    stub: shoal_pb2_grpc.BrokerStub,
+    topic: str,
+    partition: int,
+    records: bytes,
+    acks: int = -1,
+    timeout_ms: int = 10_000,
+) -> shoal_pb2.ProducePartitionResult:
+    response = stub.Produce(
+        shoal_pb2.ProduceRequest(
+            acks=acks,
+            timeout_ms=timeout_ms,
+            partitions=[shoal_pb2.PartitionRecords(topic=topic, partition=partition, records=records)],
+        ),
+        timeout=timeout_ms / 1000 + 5,
+    )
+    return response.results[0]
+
+
+def fetch(
+    stub: shoal_pb2_grpc.BrokerStub,
+    topic: str,
+    partition: int,
+    offset: int,
+    max_wait_ms: int = 0,
+    min_bytes: int = 0,
+    partition_max_bytes: int = 1 << 20,
+    leader_epoch: int = -1,
+) -> shoal_pb2.FetchPartitionData:
+    response = stub.Fetch(
+        shoal_pb2.FetchRequest(
+            max_wait_ms=max_wait_ms,
+            min_bytes=min_bytes,
+            partitions=[
+                shoal_pb2.FetchPartition(
+                    topic=topic,
+                    partition=partition,
+                    fetch_offset=offset,
+                    partition_max_bytes=partition_max_bytes,
+                    current_leader_epoch=leader_epoch,
+                )
+            ],
+        ),
+        timeout=max_wait_ms / 1000 + 10,
+    )
+    return response.partitions[0]
+
+
+def read_all(stub: shoal_pb2_grpc.BrokerStub, topic: str, partition: int, start: int = 0) -> list[tuple[int, bytes | None]]:
+    """Every committed record from ``start`` up to the high watermark."""
+    out: list[tuple[int, bytes | None]] = []
+    offset = start
+    while True:
+        data = fetch(stub, topic, partition, offset)
+        if data.error_code != shoal_pb2.NONE:
+            raise AssertionError(f"fetch failed: {shoal_pb2.ErrorCode.Name(data.error_code)} {data.error_message}")
+        if not data.records:
+            return out
+        decoded = [item for item in decode_values(data.records) if item[0] >= offset]
+        out.extend(decoded)
+        offset = decoded[-1][0] + 1 if decoded else data.high_watermark
+        if offset >= data.high_watermark:
+            return out

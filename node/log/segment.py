@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from node.log.errors import KafkaStorageError
-from proto.batch import HEADER_BYTES, BatchHeader, CorruptBatchError, check_shape, crc_matches, iter_batches, parse_header
+from proto.batch import HEADER_BYTES, BatchHeader, CorruptBatchError, check_shape, crc_matches, parse_header
 
 logger = logging.getLogger(__name__)
 
@@ -510,7 +510,3 @@ def _common_prefix(old: list[int], new: list[int], limit: int) -> int:
         count += 1
     return count
 
-
-def headers_of(data: bytes) -> list[tuple[int, BatchHeader]]:
-    """(position, header) of the batches in ``data`` that a caller has validated."""
-    return list(iter_batches(data))

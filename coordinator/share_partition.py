@@ -403,6 +403,7 @@ class SharePartition:
 
     @property
     def acquired_record_count(self) -> int:
+        """Offsets currently ACQUIRED (held under a lock), including any below the start offset."""
         return self._acquired_record_count
 
     @property

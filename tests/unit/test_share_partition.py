@@ -602,7 +602,8 @@ def test_poison_isolation_is_off_for_limit_two() -> None:
 def test_ranges_split_where_delivery_counts_differ() -> None:
     partition = SharePartition(settings(), 0)
     acquire(partition, "m", [(0, 9)])
-    ack(partition, "m", 0, 9, *([AcknowledgeType.RELEASE] * 3 + [AcknowledgeType.ACCEPT] + [AcknowledgeType.RELEASE] * 6))
+    types = [AcknowledgeType.RELEASE] * 3 + [AcknowledgeType.ACCEPT] + [AcknowledgeType.RELEASE] * 6
+    ack(partition, "m", 0, 9, *types)
     assert acquire(partition, "m", [(0, 9), (10, 14)]) == [(0, 2, 2), (4, 9, 2), (10, 14, 1)]
 
 
@@ -675,7 +676,8 @@ def test_persisted_pairs_only_grow_and_reload_matches() -> None:
             types = tuple(AcknowledgeType((acquired.first_offset + k + round_index) % 4) for k in range(size))
             if round_index % 4 == 3:
                 continue  # left for the lock to expire or the member to leave
-            record(partition.acknowledge(member, [AcknowledgementBatch(acquired.first_offset, acquired.last_offset, types)], now_ms))
+            batch = AcknowledgementBatch(acquired.first_offset, acquired.last_offset, types)
+            record(partition.acknowledge(member, [batch], now_ms))
         if round_index % 4 == 3:
             record(partition.release_member(member, now_ms))
         now_ms += LOCK_MS // 2
@@ -712,7 +714,8 @@ def test_a_million_offsets_in_big_batches_stay_a_handful_of_runs() -> None:
         ranges, _ = partition.acquire("m", log, cap, AcquireMode.BATCH_OPTIMIZED, 0)
         assert ranges == [AcquiredRange(window_start, window_start + cap - 1, 1)]
         half = window_start + cap // 2
-        partition.acknowledge("m", [AcknowledgementBatch(half, window_start + cap - 1, (AcknowledgeType.ACCEPT,))], 0)
+        second_half = AcknowledgementBatch(half, window_start + cap - 1, (AcknowledgeType.ACCEPT,))
+        partition.acknowledge("m", [second_half], 0)
         most_runs = max(most_runs, len(partition.runs()))
         partition.acknowledge("m", [AcknowledgementBatch(window_start, half - 1, (AcknowledgeType.ACCEPT,))], 0)
     partition.assert_invariants()

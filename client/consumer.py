@@ -165,6 +165,10 @@ class Consumer:
             self._positions.pop(tp, None)
             self._buffer.pop(tp, None)
 
+    def partitions_for(self, topic: str) -> list[int]:
+        """The partition ids of a topic (from metadata)."""
+        return sorted(self._conn.topic(topic).partitions)
+
     def position(self, partition: TopicPartition) -> int:
         """The offset of the next record poll will return for this partition."""
         tp = self._owned(partition)

@@ -65,6 +65,7 @@ from prometheus_client.core import (
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
+    SummaryMetricFamily,
 )
 from prometheus_client.registry import Collector
 
@@ -221,7 +222,14 @@ class SharePartitionSample:
 
 @dataclass(frozen=True)
 class ShareSnapshot:
-    """The share-partition leaders on this node (node/share_manager.py)."""
+    """The share-partition leaders on this node (node/share_manager.py).
+
+    ``node_record_counts`` is for a share manager that counts records per node
+    only: then the record counters are exposed without the group, topic and
+    partition labels (``sum by (type)`` queries and the alert rules work with
+    either form). Keys as in ``SharePartitionSample`` plus ``acquired``,
+    ``lock_expired``, ``archived_delivery_limit``.
+    """
 
     partitions: Sequence[SharePartitionSample]
     fetch_requests_total: int = 0
@@ -229,15 +237,26 @@ class ShareSnapshot:
     acknowledge_requests_total: int = 0
     acknowledge_requests_failed_total: int = 0
     partition_load: LatencyRecorder | None = None
+    loads_total: int = 0
+    last_load_seconds: float | None = None
+    node_record_counts: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
 class ShareCoordinatorSnapshot:
-    """The share coordinator shards on this node (writes of share state)."""
+    """Share-state writes on this node's share coordinators.
+
+    ``write_latency`` (a histogram) when the coordinator records each write;
+    otherwise ``write_seconds_sum``/``write_seconds_count`` are exposed as a
+    summary (average only), e.g. from the share-partition leaders' timing of
+    their write round trips.
+    """
 
     writes_total: int = 0
     writes_failed_total: int = 0
     write_latency: LatencyRecorder | None = None
+    write_seconds_sum: float | None = None
+    write_seconds_count: int = 0
 
 
 @dataclass
@@ -367,6 +386,153 @@ def controller_source(controller_service: Any, image: Callable[[], Any]) -> Call
         )
 
     return read
+
+
+def share_source(share_manager: Any, local: Any | None = None) -> Callable[[], ShareSnapshot]:
+    """Adapter for ``node.share_manager.ShareManager``.
+
+    Reads its holders (``_holders``: {ShareKey: holder} with ``key``
+    (group_id, topic, partition) and ``partition``, a
+    ``coordinator.share_partition.SharePartition`` or None while loading) and
+    its counters. Lag is KIP-1226's, against the partition's high watermark
+    from ``local`` (the replica manager). Per-partition record counters come
+    from ``holder.counts`` ({"acquired", "accept", ..., "lock_expired",
+    "archived_delivery_limit": n}) when the share manager keeps them; else the
+    node-wide counters are exposed without partition labels. Load and write
+    timing come from ``load_time`` / ``state_write_latency`` LatencyRecorders
+    when present, else from ``loads_total``/``last_load_time_ms``.
+    """
+
+    def sample(holder: Any) -> SharePartitionSample | None:
+        partition = holder.partition
+        if partition is None or getattr(holder, "dropped", False):
+            return None
+        key = holder.key
+        end_offset = partition.end_offset
+        if local is not None:
+            try:
+                high_watermark = local.high_watermark(key.topic, key.partition)
+            except Exception:  # leadership just moved; the holder is about to be dropped
+                return None
+        else:
+            high_watermark = end_offset
+        counts: Mapping[str, int] = dict(getattr(holder, "counts", None) or {})
+        return SharePartitionSample(
+            group=key.group_id,
+            topic=key.topic,
+            partition=key.partition,
+            start_offset=partition.start_offset,
+            end_offset=end_offset,
+            lag_records=partition.lag(max(high_watermark, end_offset)),
+            in_flight_records=partition.in_flight_record_count,
+            in_flight_runs=len(partition.runs()),
+            acquired_records_total=counts.get("acquired", 0),
+            acknowledged_records_total={t: counts.get(t, 0) for t in ACKNOWLEDGE_TYPES} if counts else {},
+            lock_expired_records_total=counts.get("lock_expired", 0),
+            delivery_limit_archived_records_total=counts.get("archived_delivery_limit", 0),
+        )
+
+    def read() -> ShareSnapshot:
+        holders = stable_copy(lambda: list(share_manager._holders.values()))
+        samples = [s for s in (stable_copy(lambda h=h: sample(h)) for h in holders) if s is not None]
+        per_partition = any(getattr(h, "counts", None) is not None for h in holders)
+        node_counts: dict[str, int] | None = None
+        if not per_partition:
+            acknowledged = stable_copy(lambda: dict(share_manager.acknowledged_records_total))
+            node_counts = {
+                "acquired": share_manager.acquired_records_total,
+                "lock_expired": share_manager.lock_expirations_total,
+                "archived_delivery_limit": share_manager.delivery_limit_archives_total,
+                **{t: acknowledged.get(t, 0) for t in ACKNOWLEDGE_TYPES},
+            }
+        last_load_ms = getattr(share_manager, "last_load_time_ms", None)
+        load_time = getattr(share_manager, "load_time", None)
+        return ShareSnapshot(
+            partitions=samples,
+            fetch_requests_total=share_manager.fetch_requests_total,
+            fetch_requests_failed_total=share_manager.fetch_failures_total,
+            acknowledge_requests_total=share_manager.acknowledge_requests_total,
+            acknowledge_requests_failed_total=share_manager.acknowledge_failures_total,
+            partition_load=load_time if isinstance(load_time, LatencyRecorder) else None,
+            loads_total=getattr(share_manager, "loads_total", 0),
+            last_load_seconds=None if not getattr(share_manager, "loads_total", 0) else (last_load_ms or 0) / 1000.0,
+            node_record_counts=node_counts,
+        )
+
+    return read
+
+
+def share_coordinator_source(share_coordinator: Any, share_manager: Any | None = None) -> Callable[[], ShareCoordinatorSnapshot]:
+    """Adapter for ``node.share_coordinator.ShareCoordinator`` (``writes_total``,
+    ``write_failures_total``, optional ``write_latency`` LatencyRecorder).
+
+    Without a coordinator-side recorder, the share manager's write round trips
+    (``state_writes_total``, ``state_write_latency_ms_sum``) give the average.
+    """
+
+    def read() -> ShareCoordinatorSnapshot:
+        recorder = getattr(share_coordinator, "write_latency", None)
+        summary_sum: float | None = None
+        summary_count = 0
+        if not isinstance(recorder, LatencyRecorder):
+            recorder = None
+            if share_manager is not None and hasattr(share_manager, "state_write_latency_ms_sum"):
+                summary_sum = share_manager.state_write_latency_ms_sum / 1000.0
+                summary_count = share_manager.state_writes_total - share_manager.state_write_failures_total
+        return ShareCoordinatorSnapshot(
+            writes_total=share_coordinator.writes_total,
+            writes_failed_total=share_coordinator.write_failures_total,
+            write_latency=recorder,
+            write_seconds_sum=summary_sum,
+            write_seconds_count=summary_count,
+        )
+
+    return read
+
+
+def groups_source(group_coordinator: Any) -> Callable[[], GroupsSnapshot]:
+    """Adapter for the group coordinator: ``group_counts()`` -> {(type, state): n},
+    ``member_counts()`` -> {type: n} and ``rebalances_total`` ({type: n}),
+    summed over the shards it hosts (``shards()``) when it has several.
+    """
+
+    def read() -> GroupsSnapshot:
+        groups: dict[tuple[str, str], int] = {}
+        members: dict[str, int] = {}
+        for (group_type, state), count in group_coordinator.group_counts().items():
+            groups[(str(group_type), str(state))] = groups.get((str(group_type), str(state)), 0) + count
+        for group_type, count in group_coordinator.member_counts().items():
+            members[str(group_type)] = members.get(str(group_type), 0) + count
+        rebalances = stable_copy(lambda: dict(getattr(group_coordinator, "rebalances_total", {}) or {}))
+        return GroupsSnapshot(groups=groups, members=members, rebalances_total=rebalances)
+
+    return read
+
+
+def wire_node(metrics: "NodeMetrics", node: Any) -> None:
+    """Point every source at the objects of a running ``node.broker.Node``.
+
+    Safe to call again after group services appear; attributes a node does
+    not have yet leave their source unwired.
+    """
+    if getattr(node, "replicas", None) is not None:
+        metrics.sources.replication = replication_source(node.replicas)
+    if getattr(node, "quorum", None) is not None:
+        metrics.sources.quorum = quorum_source(node.quorum)
+        if getattr(node, "controller", None) is not None:
+            metrics.sources.controller = controller_source(node.controller, lambda: node.quorum.state.image)
+    services = getattr(node, "group_services", None)
+    if services is None:
+        return
+    share_manager = getattr(services, "share_manager", None)
+    if share_manager is not None:
+        metrics.sources.share = share_source(share_manager, getattr(node, "replicas", None))
+    share_coordinator = getattr(services, "share_coordinator", None)
+    if share_coordinator is not None:
+        metrics.sources.share_coordinator = share_coordinator_source(share_coordinator, share_manager)
+    group_coordinator = getattr(services, "group_coordinator", None)
+    if group_coordinator is not None and hasattr(group_coordinator, "group_counts"):
+        metrics.sources.groups = groups_source(group_coordinator)
 
 
 # ---------------------------------------------------------------------- collector
@@ -551,6 +717,15 @@ class NodeCollector(Collector):
             start.add_metric(labels, p.start_offset)
             end.add_metric(labels, p.end_offset)
             lag.add_metric(labels, p.lag_records)
+        if snap.node_record_counts is not None and not any(p.acknowledged_records_total for p in snap.partitions):
+            # Per-node counts only: same names, without the partition labels.
+            counts = snap.node_record_counts
+            acquired = CounterMetricFamily(acquired.name, acquired.documentation, value=counts.get("acquired", 0))
+            acknowledged = CounterMetricFamily(acknowledged.name, acknowledged.documentation, labels=["type"])
+            for ack_type in ACKNOWLEDGE_TYPES:
+                acknowledged.add_metric([ack_type], counts.get(ack_type, 0))
+            expired = CounterMetricFamily(expired.name, expired.documentation, value=counts.get("lock_expired", 0))
+            archived = CounterMetricFamily(archived.name, archived.documentation, value=counts.get("archived_delivery_limit", 0))
         families: list[Metric] = [acquired, acknowledged, expired, archived, in_flight, runs, start, end, lag]
         families += [
             GaugeMetricFamily("shoal_share_partitions", "Share partitions led by this node.", value=len(snap.partitions)),
@@ -571,6 +746,16 @@ class NodeCollector(Collector):
                     snap.partition_load,
                 )
             )
+        else:
+            families.append(CounterMetricFamily("shoal_share_partition_loads", "Share partitions loaded.", value=snap.loads_total))
+            if snap.last_load_seconds is not None:
+                families.append(
+                    GaugeMetricFamily(
+                        "shoal_share_partition_last_load_seconds",
+                        "Duration of the last share-partition load.",
+                        value=snap.last_load_seconds,
+                    )
+                )
         return families
 
     def _share_coordinator(self) -> Iterable[Metric]:
@@ -581,12 +766,16 @@ class NodeCollector(Collector):
             CounterMetricFamily("shoal_share_state_writes", "Share-state writes applied by this node's share coordinators.", value=snap.writes_total),
             CounterMetricFamily("shoal_share_state_writes_failed", "Share-state writes that failed.", value=snap.writes_failed_total),
         ]
+        documentation = "Share-state write latency, until durable (acks=all)."
         if snap.write_latency is not None:
+            families.append(histogram_family("shoal_share_state_write_seconds", documentation, snap.write_latency))
+        elif snap.write_seconds_sum is not None:
             families.append(
-                histogram_family(
+                SummaryMetricFamily(
                     "shoal_share_state_write_seconds",
-                    "Share-state write latency on the coordinator, until durable (acks=all).",
-                    snap.write_latency,
+                    documentation,
+                    count_value=snap.write_seconds_count,
+                    sum_value=snap.write_seconds_sum,
                 )
             )
         return families

@@ -394,3 +394,68 @@ def test_metrics_server_serves_the_registry_on_loopback() -> None:
         metrics.stop_server()
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the server must be closed after stop_server()"
+
+
+# ---------------------------------------------------------------------- share adapters over real state machines
+
+
+def test_share_source_over_real_share_partitions() -> None:
+    from coordinator.share_partition import (
+        AcknowledgeType,
+        AcknowledgementBatch,
+        AcquireMode,
+        SharePartition,
+        SharePartitionSettings,
+    )
+    from coordinator.share_state import ShareKey
+    from node.metrics import share_source
+
+    partition = SharePartition(SharePartitionSettings(), start_offset=0)
+    _, change = partition.acquire("member-a", [(0, 9)], 10, AcquireMode.BATCH_OPTIMIZED, now_ms=1_000)
+    accepted = partition.acknowledge(
+        "member-a", [AcknowledgementBatch(0, 5, (AcknowledgeType.ACCEPT,)), AcknowledgementBatch(6, 6, (AcknowledgeType.RELEASE,))], now_ms=1_001
+    )
+
+    class Holder:  # the two attributes a ShareManager holder has that the adapter reads
+        def __init__(self, key: ShareKey, partition: SharePartition | None) -> None:
+            self.key = key
+            self.partition = partition
+
+    class Manager:  # ShareManager's node-wide counters, counted from the real changes
+        def __init__(self) -> None:
+            self._holders = {
+                ShareKey("g1", "orders", 0): Holder(ShareKey("g1", "orders", 0), partition),
+                ShareKey("g1", "orders", 1): Holder(ShareKey("g1", "orders", 1), None),  # still loading
+            }
+            self.acquired_records_total = change.counts.get("acquired", 0)
+            self.acknowledged_records_total = {k: accepted.counts[k] for k in ("accept", "release")}
+            self.lock_expirations_total = 0
+            self.delivery_limit_archives_total = 0
+            self.fetch_requests_total = 3
+            self.fetch_failures_total = 0
+            self.acknowledge_requests_total = 1
+            self.acknowledge_failures_total = 0
+            self.loads_total = 1
+            self.last_load_time_ms = 12
+
+    class Local:
+        def high_watermark(self, topic: str, partition_id: int) -> int:
+            return 25
+
+    metrics = NodeMetrics(1)
+    metrics.sources.share = share_source(Manager(), Local())
+    families = scrape(metrics)
+    gtp = {"group": "g1", "topic": "orders", "partition": "0"}
+    assert value(families, "shoal_share_partition_start_offset", **gtp) == 6
+    assert value(families, "shoal_share_partition_end_offset", **gtp) == 10
+    # 25 records in the log, 6 delivery-complete below the SPSO: 19 to go.
+    assert value(families, "shoal_share_partition_lag_records", **gtp) == 19
+    assert value(families, "shoal_share_in_flight_records", **gtp) == 4
+    assert value(families, "shoal_share_in_flight_runs", **gtp) == len(partition.runs())
+    assert [s for s in families["shoal_share_partition_lag_records"] if s[1]["partition"] == "1"] == []
+    # Node-wide counters: the same names without the partition labels.
+    assert value(families, "shoal_share_acquired_records_total") == 10
+    assert value(families, "shoal_share_acknowledged_records_total", type="accept") == 6
+    assert value(families, "shoal_share_acknowledged_records_total", type="release") == 1
+    assert value(families, "shoal_share_partition_loads_total") == 1
+    assert value(families, "shoal_share_partition_last_load_seconds") == pytest.approx(0.012)

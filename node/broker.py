@@ -53,6 +53,7 @@ from proto import shoal_pb2
 log = logging.getLogger("node")
 
 REGISTER_RETRY_S = 0.2
+CATCH_UP_POLL_S = 0.1
 PROPOSE_WORKERS = 16
 
 
@@ -176,6 +177,9 @@ class Node:
         caught_up = self.quorum.is_ready()
         self.replicas.apply_metadata(image, caught_up=caught_up)
         self.view.notify()
+        if not caught_up:
+            # Readiness changes without an applied command; look again soon.
+            self._loop.call_later(CATCH_UP_POLL_S, self._schedule_reconcile)
 
     # ------------------------------------------------------------ lifecycle
 

@@ -287,6 +287,11 @@ class ReplicaManager:
                 # The log reads its config on every call; swapping it applies
                 # new retention/segment/flush settings from the next call on.
                 replica.log.config = log_config_for(topic.config)
+            if not caught_up:
+                # While the journal replays, the image is the past: acting on
+                # it would make this node lead partitions at epochs long gone
+                # (and record those epochs in the log's epoch cache).
+                continue
             self._reconcile_role(replica, registration, gained, lost)
             if replica.role == Role.FOLLOWER:
                 follow[key] = (registration.leader, registration.leader_epoch)
@@ -344,8 +349,8 @@ class ReplicaManager:
             if replica.role != Role.LEADER or replica.leader_epoch != registration.leader_epoch:
                 if replica.role == Role.LEADER:
                     lost.append(LeadershipChange(replica.topic, replica.partition, False, replica.leader_epoch))
-                self._become_leader(replica, registration)
-                gained.append(LeadershipChange(replica.topic, replica.partition, True, replica.leader_epoch))
+                if self._become_leader(replica, registration):
+                    gained.append(LeadershipChange(replica.topic, replica.partition, True, replica.leader_epoch))
             else:
                 # Same term, new ISR: the HW may move (a follower left the ISR).
                 self._maybe_advance_high_watermark(replica)
@@ -357,7 +362,19 @@ class ReplicaManager:
             replica.followers.clear()
             replica.wake()
 
-    def _become_leader(self, replica: Replica, registration: PartitionRegistration) -> None:
+    def _become_leader(self, replica: Replica, registration: PartitionRegistration) -> bool:
+        if registration.leader_epoch < replica.log.latest_epoch:
+            # The log holds batches of a newer epoch than the metadata names:
+            # this image is stale. Serve nothing until a newer one applies.
+            log.warning(
+                "%s: metadata names this node leader at epoch %d but the log has seen epoch %d; waiting",
+                replica.name,
+                registration.leader_epoch,
+                replica.log.latest_epoch,
+            )
+            replica.role = Role.NONE
+            replica.wake()
+            return False
         # Rule 2: the epoch starts at our log end offset, recorded before any
         # append in this epoch and before listeners are told.
         replica.log.assign_epoch(registration.leader_epoch, replica.log.log_end_offset)
@@ -380,6 +397,7 @@ class ReplicaManager:
             replica.high_watermark,
             list(registration.isr),
         )
+        return True
 
     # ------------------------------------------------------------ lookups
 

@@ -25,7 +25,8 @@ Theory of operation
 `Node` owns: `MetadataQuorum` (cluster/raft.py), `ReplicaManager`
 (LocalPartitions), `FetcherManager`, `ControllerService`, `Peers`, the
 `ClusterView` below, optional group services (node/group_rpc.py, loaded
-lazily) and the gRPC server (node/server.py).
+lazily), the metrics endpoint (node/metrics.py, when ``--metrics-port`` is
+given) and the gRPC server (node/server.py).
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class Node:
         self.quorum: MetadataQuorum | None = None
         self.server: grpc.aio.Server | None = None
         self.group_services = None
+        self.metrics = None
         self.last_heartbeat_response: shoal_pb2.BrokerHeartbeatResponse | None = None
 
     # ------------------------------------------------------------ quorum glue
@@ -221,9 +223,18 @@ class Node:
         group_services_class = load_group_services()
         if group_services_class is not None:
             self.group_services = group_services_class(self.replicas, self.view, self.peers, dict(self.settings.raw))
+        interceptors = []
+        self.metrics = None
+        if config.metrics_port is not None:
+            from node.metrics import NodeMetrics, wire_node
+
+            self.metrics = NodeMetrics(self.node_id)
+            wire_node(self.metrics, self)
+            interceptors.append(self.metrics.interceptor)
+            self.metrics.start_server(config.metrics_port, config.listen_host)
         from node.server import build_server
 
-        self.server = build_server(self, max_message_bytes)
+        self.server = build_server(self, max_message_bytes, interceptors)
         bound = self.server.add_insecure_port(config.listen)
         if bound == 0:
             raise OperatingError(ErrorCode.UNKNOWN_SERVER_ERROR, f"cannot listen on {config.listen} (port in use?)")
@@ -339,6 +350,8 @@ class Node:
             await self.server.stop(grace=1.0)
         await self.replicas.close()
         await self.peers.close()
+        if self.metrics is not None:
+            self.metrics.stop_server()
         if self.quorum is not None:
             quorum = self.quorum
             await asyncio.get_running_loop().run_in_executor(self._executor, quorum.close)

@@ -648,9 +648,10 @@ def _wrap(behavior: Callable, method_name: str) -> Callable:
     return handler
 
 
-def build_server(node, max_message_bytes: int) -> grpc.aio.Server:
+def build_server(node, max_message_bytes: int, interceptors: list | None = None) -> grpc.aio.Server:
     servicer = Servicer(node)
     server = grpc.aio.server(
+        interceptors=interceptors or None,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -257,6 +257,15 @@ def test_cluster_description_and_coordinators(cluster: Cluster) -> None:
     assert found.coordinators[0].port == cluster.nodes[NODE].grpc_port
 
 
+def test_metrics_endpoint_serves_node_metrics(cluster: Cluster) -> None:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{cluster.nodes[NODE].metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        body = response.read().decode()
+    assert "shoal_" in body
+
+
 def test_invalid_flags_exit_with_status_2(tmp_path) -> None:
     cases = [
         ["--node-id", "x", "--listen", "127.0.0.1:1", "--data-dir", str(tmp_path), "--controller-quorum", "1@127.0.0.1:2"],

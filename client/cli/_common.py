@@ -37,7 +37,9 @@ class CliContext:
         return self.output == "json"
 
     def client_config(self, **extra: Any) -> dict[str, Any]:
-        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "client.id": "shoal-cli"}
+        # 10 s rather than 30 s: a person at a terminal should not wait half a
+        # minute to learn that nothing listens at the bootstrap address.
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap, "client.id": "shoal-cli", "request.timeout.ms": 10000}
         config.update(extra)
         return config
 

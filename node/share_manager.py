@@ -104,6 +104,8 @@ TopicPartition = tuple[str, int]
 SESSION_SWEEP_INTERVAL_MS = 1000
 #: Bytes read from one partition's log per acquisition at most.
 PARTITION_READ_BYTES_MAX = 1 << 20
+#: How often a used share partition compares its state epoch with the coordinator's.
+STATE_EPOCH_CHECK_INTERVAL_MS = 2000
 #: Int32 wrap for share session epochs (Kafka's nextEpoch skips 0).
 _EPOCH_MAX = 2**31 - 1
 #: Codes that mean this node's view of the share partition is stale.
@@ -146,6 +148,8 @@ class _Holder:
         self.timer_deadline_ms: int | None = None
         self.pending: list[_PendingWrite] = []
         self.writer: asyncio.Task | None = None
+        self.epoch_check_due_ms = monotonic_ms() + STATE_EPOCH_CHECK_INTERVAL_MS
+        self.epoch_check: asyncio.Task | None = None
         #: Set (and replaced) whenever records may have become acquirable.
         self.available = asyncio.Event()
 
@@ -303,7 +307,35 @@ class ShareManager:
         if holder.dropped:
             raise OperatingError(ErrorCode.NOT_LEADER_OR_FOLLOWER, f"share partition {topic}-{partition} moved; retry")
         await self._refresh_settings(holder)
+        self._maybe_check_state_epoch(holder)
         return holder
+
+    def _maybe_check_state_epoch(self, holder: _Holder) -> None:
+        """Notice an admin reset (AlterShareGroupOffsets / DeleteShareGroupOffsets).
+
+        A reset starts a new state epoch at the share coordinator. A share
+        partition that writes is fenced at once (FENCED_STATE_EPOCH); one that has
+        nothing to write would serve its old window forever, so every
+        ``STATE_EPOCH_CHECK_INTERVAL_MS`` while it is used it compares its state
+        epoch with the coordinator's summary, in the background, and drops itself
+        when a newer one exists (the next fetch loads the reset state).
+        """
+        now_ms = monotonic_ms()
+        if holder.epoch_check_due_ms > now_ms or holder.epoch_check is not None:
+            return
+        holder.epoch_check_due_ms = now_ms + STATE_EPOCH_CHECK_INTERVAL_MS
+
+        async def check() -> None:
+            try:
+                summary = await self._persister.summary(holder.key)
+            except OperatingError:
+                return
+            finally:
+                holder.epoch_check = None
+            if summary.state_epoch > holder.state_epoch and not holder.dropped:
+                self._drop(holder, ErrorCode.FENCED_STATE_EPOCH, f"state epoch {summary.state_epoch} started (reset)")
+
+        holder.epoch_check = asyncio.get_running_loop().create_task(check())
 
     async def _load(self, holder: _Holder) -> None:
         key = holder.key

@@ -1,0 +1,463 @@
+"""Share-partition leaders, share coordinator and group coordinator in one process.
+
+A single node's data plane is played by ``OneNodePartitions``: real
+``PartitionLog`` directories under tmp_path, where this node leads every
+partition and the high watermark is the log end offset (replication factor 1).
+Everything above it (runtime, share coordinator, persister, share manager,
+group coordinator) is the production code, wired by ``GroupServices``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from coordinator.errors import ErrorCode, OperatingError
+from node.group_rpc import GroupServices
+from node.interfaces import (
+    CONSUMER_OFFSETS_TOPIC,
+    SHARE_STATE_TOPIC,
+    AppendResult,
+    LeadershipChange,
+    PartitionLeader,
+    monotonic_ms,
+    wall_ms,
+)
+from node.log import LogConfig, PartitionLog
+from proto import batch as batch_codec
+from proto import shoal_pb2
+
+LOCK_MS = 600
+SETTINGS = {
+    "offsets.topic.num.partitions": "1",
+    "share.coordinator.state.topic.num.partitions": "1",
+    "share.coordinator.snapshot.update.records.per.snapshot": "3",
+    "group.share.min.record.lock.duration.ms": "500",
+    "group.share.record.lock.duration.ms": str(LOCK_MS),
+}
+
+
+class OneNodePartitions:
+    """LocalPartitions for a one-node cluster: real logs, this node leads everything."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self.logs: dict[tuple[str, int], PartitionLog] = {}
+        self.epochs: dict[tuple[str, int], int] = {}
+        self._leadership: list[Callable[[LeadershipChange], None]] = []
+        self._log_start: list[Callable[[str, int, int], None]] = []
+        self._appended = asyncio.Event()
+
+    def create(self, topic: str, partitions: int) -> None:
+        for partition in range(partitions):
+            key = (topic, partition)
+            if key not in self.logs:
+                self.logs[key] = PartitionLog(self._directory / f"{topic}-{partition}", LogConfig(), wall_ms())
+                self.epochs[key] = 0
+
+    def bump_epoch(self, topic: str, partition: int) -> None:
+        """A new leader epoch on the same node (as after a failover and back)."""
+        key = (topic, partition)
+        self.epochs[key] += 1
+        for listener in list(self._leadership):
+            listener(LeadershipChange(topic, partition, True, self.epochs[key]))
+
+    def _log(self, topic: str, partition: int) -> PartitionLog:
+        try:
+            return self.logs[(topic, partition)]
+        except KeyError:
+            raise OperatingError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, f"{topic}-{partition}") from None
+
+    def is_leader(self, topic: str, partition: int) -> bool:
+        return (topic, partition) in self.logs
+
+    def leader_epoch(self, topic: str, partition: int) -> int:
+        return self.epochs.get((topic, partition), -1)
+
+    async def append(self, topic, partition, batches, *, acks=-1, timeout_ms=5000, expected_leader_epoch=-1):
+        if expected_leader_epoch >= 0 and expected_leader_epoch != self.epochs[(topic, partition)]:
+            raise OperatingError(ErrorCode.FENCED_LEADER_EPOCH, "stale leader epoch")
+        info = self._log(topic, partition).append_as_leader(batches, self.epochs[(topic, partition)], wall_ms())
+        self._appended.set()
+        self._appended = asyncio.Event()
+        return AppendResult(info.first_offset, info.last_offset)
+
+    def read(self, topic, partition, start_offset, max_bytes):
+        log = self._log(topic, partition)
+        return log.read(start_offset, max_bytes, log.log_end_offset)
+
+    def read_all_committed(self, topic, partition, start_offset):
+        log = self._log(topic, partition)
+        return log.read(max(start_offset, log.log_start_offset), 1 << 30, log.log_end_offset)
+
+    def high_watermark(self, topic, partition):
+        return self._log(topic, partition).log_end_offset
+
+    def log_start_offset(self, topic, partition):
+        return self._log(topic, partition).log_start_offset
+
+    def log_end_offset(self, topic, partition):
+        return self._log(topic, partition).log_end_offset
+
+    async def offset_for_timestamp(self, topic, partition, timestamp_ms):
+        found = self._log(topic, partition).offset_for_timestamp(timestamp_ms)
+        return self.high_watermark(topic, partition) if found is None else found
+
+    async def delete_records_before(self, topic, partition, offset):
+        log = self._log(topic, partition)
+        log.delete_records_before(offset)
+        for listener in list(self._log_start):
+            listener(topic, partition, log.log_start_offset)
+        return log.log_start_offset
+
+    async def wait_for_high_watermark(self, topic, partition, above, timeout_ms):
+        deadline_ms = monotonic_ms() + timeout_ms
+        while self.high_watermark(topic, partition) <= above:
+            remaining_ms = deadline_ms - monotonic_ms()
+            if remaining_ms <= 0:
+                return False
+            try:
+                await asyncio.wait_for(asyncio.shield(self._appended.wait()), remaining_ms / 1000)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    def add_leadership_listener(self, listener):
+        self._leadership.append(listener)
+
+    def add_log_start_listener(self, listener):
+        self._log_start.append(listener)
+
+    def close(self) -> None:
+        for log in self.logs.values():
+            log.close()
+
+
+class OneNodeCluster:
+    node_id = 1
+
+    def __init__(self, local: OneNodePartitions) -> None:
+        self._local = local
+
+    def partition_count(self, topic):
+        return sum(1 for t, _ in self._local.logs if t == topic)
+
+    def topic_partition_counts(self):
+        counts: dict[str, int] = {}
+        for topic, _ in self._local.logs:
+            if not topic.startswith("__"):
+                counts[topic] = counts.get(topic, 0) + 1
+        return counts
+
+    def partition_leader(self, topic, partition):
+        return PartitionLeader(1, self._local.leader_epoch(topic, partition))
+
+    def broker_address(self, node_id):
+        return None
+
+    def add_metadata_listener(self, listener):
+        pass
+
+
+class NoPeers:
+    """A one-node cluster never calls a peer; calling one is a bug in the routing."""
+
+    def internal(self, node_id):
+        raise AssertionError(f"unexpected call to node {node_id}")
+
+    broker = internal
+
+
+async def wait_for(condition, timeout_s: float, what: str):
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        result = condition()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Node:
+    def __init__(self, tmp_path: Path) -> None:
+        self.local = OneNodePartitions(tmp_path)
+        self.local.create(CONSUMER_OFFSETS_TOPIC, 1)
+        self.local.create(SHARE_STATE_TOPIC, 1)
+        self.local.create("t", 1)
+        self.cluster = OneNodeCluster(self.local)
+        self.services: GroupServices | None = None
+
+    async def start(self) -> GroupServices:
+        self.services = GroupServices(self.local, self.cluster, NoPeers(), SETTINGS)
+        await self.services.start()
+        await wait_for(
+            lambda: self.services.group_coordinator.runtime.loaded_partitions()
+            and self.services.share_coordinator.runtime.loaded_partitions(),
+            5, "coordinators to load",
+        )
+        return self.services
+
+    async def produce(self, count: int, prefix: str = "v") -> None:
+        records = [(None, f"{prefix}{i}".encode(), (), wall_ms()) for i in range(count)]
+        await self.local.append("t", 0, batch_codec.build_batch(records))
+
+
+def fetch_request(member: str, epoch: int, acks=(), max_records=500, max_wait_ms=0, earliest=True):
+    part = shoal_pb2.ShareFetchPartition(topic="t", partition=0)
+    for first, last, ack_type in acks:
+        part.acknowledgement_batches.add(first_offset=first, last_offset=last, acknowledge_types=[ack_type])
+    return shoal_pb2.ShareFetchRequest(
+        group_id="g", member_id=member, share_session_epoch=epoch, max_wait_ms=max_wait_ms,
+        max_records=max_records, max_bytes=1 << 20, partitions=[part],
+    )
+
+
+def acquired(response) -> list[tuple[int, int, int]]:
+    return [
+        (r.first_offset, r.last_offset, r.delivery_count)
+        for p in response.partitions for r in p.acquired_records
+    ]
+
+
+def offsets(ranges) -> list[int]:
+    return [o for first, last, _ in ranges for o in range(first, last + 1)]
+
+
+async def set_earliest(services: GroupServices) -> None:
+    response = await services.AlterGroupConfigs(
+        shoal_pb2.AlterGroupConfigsRequest(group_id="g", set={"share.auto.offset.reset": "earliest"}), None
+    )
+    assert response.result.error_code == 0, response.result.error_message
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_members_get_disjoint_records_and_accept_is_durable(tmp_path):
+    async def scenario():
+        node = Node(tmp_path)
+        services = await node.start()
+        await set_earliest(services)
+        for i in range(4):
+            await node.produce(5, prefix=f"b{i}-")
+        first = await services.share_manager.ShareFetch(fetch_request("m1", 0, max_records=5))
+        second = await services.share_manager.ShareFetch(fetch_request("m2", 0, max_records=5))
+        got_first, got_second = offsets(acquired(first)), offsets(acquired(second))
+        assert got_first and got_second
+        assert not set(got_first) & set(got_second)
+        assert all(count == 1 for _, _, count in acquired(first) + acquired(second))
+        # Accept everything each member holds, piggybacked on its next fetch.
+        ack1 = await services.share_manager.ShareFetch(
+            fetch_request("m1", 1, acks=[(r[0], r[1], 1) for r in acquired(first)], max_records=20))
+        ack2 = await services.share_manager.ShareFetch(
+            fetch_request("m2", 1, acks=[(r[0], r[1], 1) for r in acquired(second)], max_records=20))
+        for response in (ack1, ack2):
+            assert all(p.acknowledge_error_code == 0 for p in response.partitions), response
+        rest = offsets(acquired(ack1)) + offsets(acquired(ack2))
+        assert sorted(got_first + got_second + rest) == list(range(20))
+        await services.share_manager.ShareAcknowledge(shoal_pb2.ShareAcknowledgeRequest(
+            group_id="g", member_id="m1", share_session_epoch=2,
+            partitions=[shoal_pb2.ShareFetchPartition(topic="t", partition=0, acknowledgement_batches=[
+                shoal_pb2.AcknowledgementBatch(first_offset=r[0], last_offset=r[1], acknowledge_types=[1])
+                for r in acquired(ack1)])]))
+        await services.share_manager.ShareAcknowledge(shoal_pb2.ShareAcknowledgeRequest(
+            group_id="g", member_id="m2", share_session_epoch=2,
+            partitions=[shoal_pb2.ShareFetchPartition(topic="t", partition=0, acknowledgement_batches=[
+                shoal_pb2.AcknowledgementBatch(first_offset=r[0], last_offset=r[1], acknowledge_types=[1])
+                for r in acquired(ack2)])]))
+        described = services.share_manager.DescribeSharePartitions(shoal_pb2.DescribeSharePartitionsRequest(group_id="g"))
+        assert described.partitions[0].start_offset == 20
+        assert described.partitions[0].lag == 0
+        # Durable: a fresh node process on the same logs sees the start offset.
+        await services.stop()
+        node.local.bump_epoch("t", 0)
+        services = await node.start()
+        response = await services.share_manager.ShareFetch(fetch_request("m3", 0))
+        assert acquired(response) == []
+        join = await services.ShareGroupHeartbeat(shoal_pb2.ShareGroupHeartbeatRequest(
+            group_id="g", member_id="m3", member_epoch=0, subscribed_topics=shoal_pb2.SubscribedTopics(names=["t"])),
+            None)
+        assert join.error_code == 0, join
+        offsets_response = await services.DescribeShareGroupOffsets(
+            shoal_pb2.DescribeShareGroupOffsetsRequest(group_id="g",
+                                                       partitions=[shoal_pb2.TopicPartition(topic="t", partition=0)]),
+            None)
+        assert offsets_response.offsets[0].start_offset == 20, offsets_response
+        assert offsets_response.offsets[0].lag == 0
+        await services.stop()
+        node.local.close()
+
+    run(scenario())
+
+
+def test_lock_expiry_redelivers_with_count_two_and_release_archives_at_limit(tmp_path):
+    async def scenario():
+        node = Node(tmp_path)
+        services = await node.start()
+        await set_earliest(services)
+        await node.produce(1)
+        response = await services.share_manager.ShareFetch(fetch_request("m1", 0))
+        assert acquired(response) == [(0, 0, 1)]
+        assert response.acquisition_lock_timeout_ms == LOCK_MS
+        # Nobody acknowledges: the lock expires and the record comes back with count 2.
+        again = await services.share_manager.ShareFetch(fetch_request("m2", 0, max_wait_ms=5000))
+        assert acquired(again) == [(0, 0, 2)]
+        assert services.share_manager.lock_expirations_total == 1
+        # Release until the limit (5): deliveries 3, 4, 5, then archived.
+        epoch, counts = 1, []
+        last = again
+        for _ in range(4):
+            ranges = acquired(last)
+            if not ranges:
+                break
+            last = await services.share_manager.ShareFetch(
+                fetch_request("m2", epoch, acks=[(0, 0, 2)], max_wait_ms=200))
+            epoch += 1
+            counts += [c for _, _, c in acquired(last)]
+        assert counts == [3, 4, 5]
+        assert services.share_manager.delivery_limit_archives_total == 1
+        described = services.share_manager.DescribeSharePartitions(shoal_pb2.DescribeSharePartitionsRequest(group_id="g"))
+        assert described.partitions[0].start_offset == 1
+        await services.stop()
+        node.local.close()
+
+    run(scenario())
+
+
+def test_acquisition_is_persisted_so_counts_survive_a_reload(tmp_path):
+    async def scenario():
+        node = Node(tmp_path)
+        services = await node.start()
+        await set_earliest(services)
+        await node.produce(3)
+        response = await services.share_manager.ShareFetch(fetch_request("m1", 0))
+        assert acquired(response) == [(0, 2, 1)]
+        # A new leader epoch (failover and back): the state is reloaded from the
+        # share coordinator and the acquisition was durable, so the count goes on.
+        node.local.bump_epoch("t", 0)
+        again = await services.share_manager.ShareFetch(fetch_request("m2", 0))
+        assert acquired(again) == [(0, 2, 2)]
+        # The old member's late acknowledgement is refused: it no longer holds the records.
+        late = await services.share_manager.ShareFetch(fetch_request("m1", 1, acks=[(0, 2, 1)]))
+        assert late.partitions[0].acknowledge_error_code == ErrorCode.INVALID_RECORD_STATE
+        # Reject archives: nothing left to deliver.
+        rejected = await services.share_manager.ShareFetch(fetch_request("m2", 1, acks=[(0, 2, 3)]))
+        assert rejected.partitions[0].acknowledge_error_code == 0
+        assert acquired(rejected) == []
+        await services.stop()
+        node.local.close()
+
+    run(scenario())
+
+
+def test_share_session_rules(tmp_path):
+    async def scenario():
+        node = Node(tmp_path)
+        services = await node.start()
+        manager = services.share_manager
+        with pytest.raises(OperatingError) as error:
+            await manager.ShareFetch(fetch_request("m1", 0, acks=[(0, 0, 1)]))
+        assert error.value.code == ErrorCode.INVALID_REQUEST
+        with pytest.raises(OperatingError) as error:
+            await manager.ShareFetch(fetch_request("m1", 3))
+        assert error.value.code == ErrorCode.SHARE_SESSION_NOT_FOUND
+        await manager.ShareFetch(fetch_request("m1", 0))
+        with pytest.raises(OperatingError) as error:
+            await manager.ShareFetch(fetch_request("m1", 7))
+        assert error.value.code == ErrorCode.INVALID_SHARE_SESSION_EPOCH
+        await manager.ShareFetch(fetch_request("m1", 1))
+        await manager.ShareFetch(fetch_request("m1", -1))
+        assert manager.session_count == 0
+        manager._max_share_sessions = 1
+        await manager.ShareFetch(fetch_request("m1", 0))
+        with pytest.raises(OperatingError) as error:
+            await manager.ShareFetch(fetch_request("m2", 0))
+        assert error.value.code == ErrorCode.SHARE_SESSION_LIMIT_REACHED
+        await services.stop()
+        node.local.close()
+
+    run(scenario())
+
+
+def test_close_releases_and_long_poll_wakes_on_produce(tmp_path):
+    async def scenario():
+        node = Node(tmp_path)
+        services = await node.start()
+        manager = services.share_manager
+        # Default reset is latest: only records produced after the first fetch count.
+        await node.produce(2, prefix="old")
+        empty = await manager.ShareFetch(fetch_request("m1", 0))
+        assert acquired(empty) == []
+        poll = asyncio.ensure_future(manager.ShareFetch(fetch_request("m1", 1, max_wait_ms=5000)))
+        await asyncio.sleep(0.05)
+        assert not poll.done()
+        await node.produce(2, prefix="new")
+        response = await asyncio.wait_for(poll, 5)
+        assert acquired(response) == [(2, 3, 1)]
+        await manager.ShareFetch(fetch_request("m1", -1))
+        released = await manager.ShareFetch(fetch_request("m2", 0))
+        assert acquired(released) == [(2, 3, 2)]
+        await services.stop()
+        node.local.close()
+
+    run(scenario())
+
+
+def test_group_namespace_and_alter_offsets_requires_empty_group(tmp_path):
+    async def scenario():
+        node = Node(tmp_path)
+        services = await node.start()
+        join = await services.ShareGroupHeartbeat(shoal_pb2.ShareGroupHeartbeatRequest(
+            group_id="g", member_id="m1", member_epoch=0, subscribed_topics=shoal_pb2.SubscribedTopics(names=["t"])),
+            None)
+        assert join.error_code == 0 and join.member_epoch > 0
+        assert [(tp.topic, list(tp.partitions)) for tp in join.assignment.topic_partitions] == [("t", [0])]
+        conflict = await services.ConsumerGroupHeartbeat(shoal_pb2.ConsumerGroupHeartbeatRequest(
+            group_id="g", member_id="c1", member_epoch=0, subscribed_topics=shoal_pb2.SubscribedTopics(names=["t"])),
+            None)
+        assert conflict.error_code == ErrorCode.INCONSISTENT_GROUP_PROTOCOL
+        await services.ConsumerGroupHeartbeat(shoal_pb2.ConsumerGroupHeartbeatRequest(
+            group_id="cg", member_id="c1", member_epoch=0, subscribed_topics=shoal_pb2.SubscribedTopics(names=["t"])),
+            None)
+        wrong = await services.ShareGroupHeartbeat(shoal_pb2.ShareGroupHeartbeatRequest(
+            group_id="cg", member_id="m1", member_epoch=0, subscribed_topics=shoal_pb2.SubscribedTopics(names=["t"])),
+            None)
+        assert wrong.error_code == ErrorCode.GROUP_ID_NOT_FOUND
+        alter = shoal_pb2.AlterShareGroupOffsetsRequest(
+            group_id="g", offsets=[shoal_pb2.SharePartitionOffset(topic="t", partition=0, start_offset=0)])
+        busy = await services.AlterShareGroupOffsets(alter, None)
+        assert busy.error_code == ErrorCode.GROUP_NOT_EMPTY
+        deleted = await services.DeleteGroups(shoal_pb2.DeleteGroupsRequest(group_ids=["g"]), None)
+        assert deleted.results[0].error_code == ErrorCode.GROUP_NOT_EMPTY
+        # Consume and accept what exists, then leave and reset to earliest: redelivered.
+        await node.produce(3)
+        await set_earliest(services)
+        first = await services.share_manager.ShareFetch(fetch_request("m1", 0))
+        assert offsets(acquired(first)) == [0, 1, 2]
+        await services.share_manager.ShareFetch(fetch_request("m1", 1, acks=[(0, 2, 1)]))
+        leave = await services.ShareGroupHeartbeat(shoal_pb2.ShareGroupHeartbeatRequest(
+            group_id="g", member_id="m1", member_epoch=-1), None)
+        assert leave.error_code == 0
+        reset = await services.AlterShareGroupOffsets(alter, None)
+        assert reset.error_code == 0 and reset.results[0].error_code == 0, reset
+        # The live share partition notices the new state epoch within a few
+        # seconds (it has nothing to write, so nothing fences it sooner).
+        again = await services.share_manager.ShareFetch(fetch_request("m2", 0))
+        epoch = 1
+        deadline = asyncio.get_running_loop().time() + 10
+        while not acquired(again) and asyncio.get_running_loop().time() < deadline:
+            again = await services.share_manager.ShareFetch(fetch_request("m2", epoch, max_wait_ms=300))
+            epoch += 1
+        assert offsets(acquired(again)) == [0, 1, 2]
+        assert [c for _, _, c in acquired(again)] == [1]
+        listed = await services.ListGroups(shoal_pb2.ListGroupsRequest(), None)
+        assert {(g.group_id, g.type) for g in listed.groups} == {("g", "share"), ("cg", "consumer")}
+        await services.stop()
+        node.local.close()
+
+    run(scenario())

@@ -459,3 +459,82 @@ def test_share_source_over_real_share_partitions() -> None:
     assert value(families, "shoal_share_acknowledged_records_total", type="release") == 1
     assert value(families, "shoal_share_partition_loads_total") == 1
     assert value(families, "shoal_share_partition_last_load_seconds") == pytest.approx(0.012)
+
+
+# ---------------------------------------------------------------------- client metrics
+
+
+def test_client_exporter_maps_a_real_share_consumer() -> None:
+    from client.metrics import ClientMetricsExporter
+    from client.share_consumer import ShareConsumer
+
+    consumer = ShareConsumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g"})
+    try:
+        exporter = ClientMetricsExporter(consumer, "share_consumer")
+        families = {f.name: f for f in text_string_to_metric_families(generate_latest(exporter.registry).decode())}
+        assert families["shoal_share_consumer_heartbeats"].type == "counter"
+        assert families["shoal_share_consumer_fetched_records"].type == "counter"
+        assert families["shoal_share_consumer_acknowledgements_sent"].type == "counter"
+        assert families["shoal_share_consumer_acknowledgements_failed"].type == "counter"
+        assert families["shoal_share_consumer_fetch_latency_seconds"].type == "summary"
+        assert families["shoal_share_consumer_heartbeat_response_seconds"].type == "summary"
+        # Never polled: "seconds since last poll" is unknown, so it is absent rather than 0.
+        assert "shoal_share_consumer_seconds_since_last_poll" not in families
+        assert not any(name.endswith("_rate") for name in families)
+    finally:
+        consumer.close()
+
+
+def test_client_exporter_converts_units_and_derives_summaries() -> None:
+    from client.metrics import ClientMetricsExporter, attach_exporter
+
+    class Client:
+        def __init__(self) -> None:
+            self.values: dict[str, object] = {
+                "heartbeat_total": 10,
+                "heartbeat_rate": 0.5,
+                "heartbeat_response_time_avg_ms": 4.0,
+                "heartbeat_response_time_max_ms": 9.0,
+                "last_poll_seconds_ago": 1.5,
+                "records_fetched_total": 300,
+                "fetch_total": 4,
+                "fetch_size_avg": 1000.0,
+                "fetch_size_max": 2500,
+                "fetch_latency_avg_ms": 20.0,
+                "fetch_latency_max_ms": 50.0,
+                "acknowledgements_send_total": 290,
+                "acknowledgements_error_total": 2,
+                "sessions_open": 2,  # not in the table: exported by rule
+                "session_epoch_id": 7,  # an id: skipped
+            }
+
+        def metrics(self) -> dict[str, object]:
+            return dict(self.values)
+
+    client = Client()
+    assert attach_exporter(client, "share_consumer", None) is None
+    exporter = attach_exporter(client, "share_consumer", 0)
+    assert exporter is not None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{exporter.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    finally:
+        exporter.close()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+    def get(name: str) -> float:
+        return samples[(name, ())]
+
+    assert get("shoal_share_consumer_heartbeats_total") == 10
+    assert get("shoal_share_consumer_heartbeat_response_seconds_count") == 10
+    assert get("shoal_share_consumer_heartbeat_response_seconds_sum") == pytest.approx(0.04)
+    assert get("shoal_share_consumer_heartbeat_response_max_seconds") == pytest.approx(0.009)
+    assert get("shoal_share_consumer_seconds_since_last_poll") == 1.5
+    assert get("shoal_share_consumer_fetch_size_bytes_sum") == 4000
+    assert get("shoal_share_consumer_fetch_latency_seconds_sum") == pytest.approx(0.08)
+    assert get("shoal_share_consumer_fetch_latency_seconds_count") == 4
+    assert get("shoal_share_consumer_acknowledgements_failed_total") == 2
+    assert get("shoal_share_consumer_sessions_open") == 2
+    assert not any("epoch_id" in name for name, _ in samples)
+    with pytest.raises(ValueError):
+        ClientMetricsExporter(client, "admin")

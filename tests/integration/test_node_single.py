@@ -304,3 +304,25 @@ def test_zz_restart_keeps_data(cluster: Cluster) -> None:
     cluster.wait_ready()
     cluster.leader_of("durable", 0)
     wait_until(lambda: len(read_all(cluster.broker(NODE), "durable", 0)) == 6, 15, "partition 0 after kill -9")
+
+
+def test_toml_config_file_and_precedence(tmp_path) -> None:
+    from node.config import ConfigError, parse_args
+
+    config_file = tmp_path / "node.toml"
+    config_file.write_text(
+        'node_id = 4\nlisten = "127.0.0.1:9500"\ndata_dir = "/tmp/x"\n'
+        'controller_quorum = "4@127.0.0.1:9600,5@127.0.0.1:9601"\nmetrics_port = 9700\n'
+        '[settings]\n"broker.session.timeout.ms" = 4000\n"group.share.record.lock.duration.ms" = "15000"\n'
+    )
+    config = parse_args(["--config", str(config_file), "--listen", "127.0.0.1:9501", "--set", "broker.session.timeout.ms=5000"])
+    assert config.node_id == 4 and config.listen == "127.0.0.1:9501" and config.metrics_port == 9700
+    assert [m.node_id for m in config.controller_quorum] == [4, 5] and config.raft_member.raft_port == 9600
+    assert config.settings["broker.session.timeout.ms"] == 5000  # --set beats the file
+    assert config.settings.raw["group.share.record.lock.duration.ms"] == "15000"  # passed to group services
+    config_file.write_text('node_id = 4\nbogus = 1\n')
+    with pytest.raises(ConfigError, match="unknown keys"):
+        parse_args(["--config", str(config_file)])
+    with pytest.raises(ConfigError, match="at most half"):
+        parse_args(["--node-id", "1", "--listen", "h:1", "--data-dir", "d", "--controller-quorum", "1@h:2",
+                     "--set", "broker.heartbeat.interval.ms=1500"])

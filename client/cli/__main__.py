@@ -1,0 +1,5 @@
+"""``python -m client.cli`` runs the shoal command line (used by ``make cluster``)."""
+
+from client.cli import main
+
+main()

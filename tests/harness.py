@@ -80,6 +80,9 @@ class NodeProcess:
     data_dir: Path
     process: subprocess.Popen | None = None
     paused: bool = False
+    #: RLIMIT_FSIZE for the process: no file it writes may grow past this
+    #: (a "disk full" for the partition logs); None: unlimited.
+    file_size_limit_bytes: int | None = None
 
 
 @dataclass
@@ -168,8 +171,21 @@ class Cluster:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env.setdefault("PYTHONUNBUFFERED", "1")
+        preexec = None
+        if node.file_size_limit_bytes is not None:
+            limit = node.file_size_limit_bytes
+
+            def preexec() -> None:
+                import resource
+
+                # Python ignores SIGXFSZ, so a write past the limit fails with
+                # EFBIG instead of killing the node: a full disk, per file.
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
         with stdout_path.open("ab") as stdout, stderr_path.open("ab") as stderr:
-            node.process = subprocess.Popen(args, stdout=stdout, stderr=stderr, cwd=REPO_ROOT, env=env)
+            node.process = subprocess.Popen(
+                args, stdout=stdout, stderr=stderr, cwd=REPO_ROOT, env=env, preexec_fn=preexec
+            )
         node.paused = False
         # A restarted node keeps its address; drop the old channel so that the
         # first call after a restart does not wait out the reconnect backoff.

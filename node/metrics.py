@@ -491,18 +491,36 @@ def share_coordinator_source(share_coordinator: Any, share_manager: Any | None =
 
 
 def groups_source(group_coordinator: Any) -> Callable[[], GroupsSnapshot]:
-    """Adapter for the group coordinator: ``group_counts()`` -> {(type, state): n},
-    ``member_counts()`` -> {type: n} and ``rebalances_total`` ({type: n}),
-    summed over the shards it hosts (``shards()``) when it has several.
+    """Adapter for ``node.group_coordinator.GroupCoordinator``.
+
+    Sums ``group_counts()`` ({(type, state): n}) and ``member_counts()``
+    ({type: n}) over the loaded shards of its ``runtime``
+    (``loaded_partitions()``, ``shard(p)``), or calls them on the object
+    itself when it offers them. Rebalances come from ``rebalances_total``
+    ({type: n}) where the coordinator keeps it.
     """
+
+    def shards() -> list[Any]:
+        if hasattr(group_coordinator, "group_counts"):
+            return [group_coordinator]
+        runtime = group_coordinator.runtime
+        result = []
+        for partition in runtime.loaded_partitions():
+            try:
+                result.append(runtime.shard(partition))
+            except Exception:  # unloaded between the two calls
+                continue
+        return result
 
     def read() -> GroupsSnapshot:
         groups: dict[tuple[str, str], int] = {}
         members: dict[str, int] = {}
-        for (group_type, state), count in group_coordinator.group_counts().items():
-            groups[(str(group_type), str(state))] = groups.get((str(group_type), str(state)), 0) + count
-        for group_type, count in group_coordinator.member_counts().items():
-            members[str(group_type)] = members.get(str(group_type), 0) + count
+        for shard in stable_copy(shards):
+            for (group_type, state), count in stable_copy(lambda: dict(shard.group_counts())).items():
+                key = (str(group_type), str(state))
+                groups[key] = groups.get(key, 0) + count
+            for group_type, count in stable_copy(lambda: dict(shard.member_counts())).items():
+                members[str(group_type)] = members.get(str(group_type), 0) + count
         rebalances = stable_copy(lambda: dict(getattr(group_coordinator, "rebalances_total", {}) or {}))
         return GroupsSnapshot(groups=groups, members=members, rebalances_total=rebalances)
 
@@ -531,7 +549,7 @@ def wire_node(metrics: "NodeMetrics", node: Any) -> None:
     if share_coordinator is not None:
         metrics.sources.share_coordinator = share_coordinator_source(share_coordinator, share_manager)
     group_coordinator = getattr(services, "group_coordinator", None)
-    if group_coordinator is not None and hasattr(group_coordinator, "group_counts"):
+    if group_coordinator is not None:
         metrics.sources.groups = groups_source(group_coordinator)
 
 

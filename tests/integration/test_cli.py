@@ -129,3 +129,44 @@ def test_unreachable_cluster_is_a_typed_failure() -> None:
     result = shoal(env_cluster, "-b", "127.0.0.1:1", "-o", "json", "topics", "list")
     assert result.returncode == 1
     assert json.loads(result.stdout)["error"] == "BROKER_NOT_AVAILABLE"
+
+
+def _free_base_port() -> int:
+    import random
+    import socket
+
+    for _ in range(50):
+        base = random.randrange(20000, 40000)
+        ports = [base + offset + i for offset in (0, 100, 200) for i in range(3)]
+        try:
+            sockets = []
+            for port in ports:
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError("no free port range for a test cluster")
+
+
+def test_cluster_up_detached_status_and_down(tmp_path: Path) -> None:
+    base = _free_base_port()
+    data_dir = tmp_path / "local"
+    try:
+        up = shoal(None, "-o", "json", "cluster", "up", "--nodes", "3", "--base-port", str(base),
+                   "--data-dir", str(data_dir), "--detach", timeout=120)
+        info = as_json(up)
+        assert info["bootstrap"] == ",".join(f"127.0.0.1:{base + i}" for i in range(3))
+        manifest = json.loads((data_dir / "cluster.json").read_text())
+        assert [n["metrics_port"] for n in manifest["nodes"]] == [base + 200 + i for i in range(3)]
+        assert f"127.0.0.1:{base + 200}" in (data_dir / "prometheus.yml").read_text()
+        status = as_json(shoal(None, "-b", info["bootstrap"], "-o", "json", "cluster", "status"))
+        assert sorted(b["node_id"] for b in status["brokers"]) == [1, 2, 3]
+    finally:
+        down = shoal(None, "-o", "json", "cluster", "down", "--data-dir", str(data_dir), timeout=90)
+    assert down.returncode == 0, down.stderr
+    assert set(json.loads(down.stdout).values()) == {"stopped"}

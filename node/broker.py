@@ -58,6 +58,10 @@ CATCH_UP_POLL_S = 0.1
 PROPOSE_WORKERS = 16
 
 
+class StartupError(Exception):
+    """The node cannot start (a port is taken, ...); the message says what to fix."""
+
+
 class MetadataView:
     """`ClusterView` over the image this node last applied (read-only)."""
 
@@ -207,6 +211,27 @@ class Node:
             self.settings,
             voter_count=len(voters),
         )
+        # Ports first: a node that cannot listen exits before it touches the
+        # quorum (StartupError, exit status 1 with one line on stderr).
+        interceptors = []
+        if config.metrics_port is not None:
+            from node.metrics import NodeMetrics, wire_node
+
+            self.metrics = NodeMetrics(self.node_id)
+            interceptors.append(self.metrics.interceptor)
+            try:
+                self.metrics.start_server(config.metrics_port, config.listen_host)
+            except OSError as error:
+                raise StartupError(f"cannot serve metrics on {config.listen_host}:{config.metrics_port}: {error.strerror}") from None
+        from node.server import build_server
+
+        self.server = build_server(self, max_message_bytes, interceptors)
+        try:
+            self.server.add_insecure_port(config.listen)
+        except RuntimeError:
+            if self.metrics is not None:
+                self.metrics.stop_server()
+            raise StartupError(f"cannot listen on {config.listen}: the address is in use or not local") from None
         # The quorum starts its tick thread in the constructor and replays the
         # journal, calling on_applied; the loop picks that up once we yield.
         self.quorum = await self._loop.run_in_executor(
@@ -223,21 +248,8 @@ class Node:
         group_services_class = load_group_services()
         if group_services_class is not None:
             self.group_services = group_services_class(self.replicas, self.view, self.peers, dict(self.settings.raw))
-        interceptors = []
-        self.metrics = None
-        if config.metrics_port is not None:
-            from node.metrics import NodeMetrics, wire_node
-
-            self.metrics = NodeMetrics(self.node_id)
+        if self.metrics is not None:
             wire_node(self.metrics, self)
-            interceptors.append(self.metrics.interceptor)
-            self.metrics.start_server(config.metrics_port, config.listen_host)
-        from node.server import build_server
-
-        self.server = build_server(self, max_message_bytes, interceptors)
-        bound = self.server.add_insecure_port(config.listen)
-        if bound == 0:
-            raise OperatingError(ErrorCode.UNKNOWN_SERVER_ERROR, f"cannot listen on {config.listen} (port in use?)")
         await self.server.start()
         self.replicas.start()
         self.controller.start()

@@ -37,7 +37,7 @@ def configure_logging(node_id: int) -> None:
 
 
 async def run(config: NodeConfig) -> int:
-    from node.broker import Node
+    from node.broker import Node, StartupError
 
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
@@ -56,7 +56,11 @@ async def run(config: NodeConfig) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
 
     node = Node(config)
-    await node.start()
+    try:
+        await node.start()
+    except StartupError as error:
+        print(f"shoal node {config.node_id}: {error}", file=sys.stderr)
+        return 1
     try:
         await stop_requested.wait()
     finally:

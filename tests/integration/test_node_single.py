@@ -326,3 +326,20 @@ def test_toml_config_file_and_precedence(tmp_path) -> None:
     with pytest.raises(ConfigError, match="at most half"):
         parse_args(["--node-id", "1", "--listen", "h:1", "--data-dir", "d", "--controller-quorum", "1@h:2",
                      "--set", "broker.heartbeat.interval.ms=1500"])
+
+
+def test_port_in_use_exits_with_a_message(tmp_path) -> None:
+    import socket
+
+    from tests.harness import free_port
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["--node-id", "1", "--listen", f"127.0.0.1:{port}", "--data-dir", str(tmp_path),
+                "--controller-quorum", f"1@127.0.0.1:{free_port()}"]
+        done = subprocess.run([sys.executable, "-m", "node", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -356,7 +356,9 @@ def top(ctx: click.Context, bootstrap: str | None, interval: float, once: bool, 
     try:
         if once:
             frame = collect_frame(admin, endpoints, set(groups), timeout_s)
-            Console(highlight=False).print(render(frame, None, bootstrap, bool(endpoints)))
+            # Not a terminal (a script, a pipe): wide enough that no column is cut.
+            console = Console(highlight=False) if sys.stdout.isatty() else Console(highlight=False, width=160)
+            console.print(render(frame, None, bootstrap, bool(endpoints)))
             if frame.cluster is None:
                 ctx.exit(1)
             return

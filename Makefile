@@ -41,7 +41,7 @@ bench: setup
 	$(PY) tests/bench/run_all.py
 
 demo: setup
-	$(PY) tests/bench/demo.py --bootstrap 127.0.0.1:$(BASE_PORT)
+	$(PY) deploy/demo.py --bootstrap 127.0.0.1:$(BASE_PORT)
 
 chaos: setup
 	$(PY) -m tests.chaos.run --all

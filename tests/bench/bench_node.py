@@ -99,7 +99,7 @@ def produce_client(bootstrap: str, topic: str, processes: int, partitions: int, 
 # ---------------------------------------------------------------- produce with raw gRPC
 
 
-def _raw_worker(address: str, topic: str, batches: int, in_flight: int, size: int, out) -> None:
+def _raw_worker(address: str, topic: str, batches: int, in_flight: int, size: int, out, acks: int = 1) -> None:
     import grpc
 
     from proto import shoal_pb2, shoal_pb2_grpc
@@ -114,7 +114,7 @@ def _raw_worker(address: str, topic: str, batches: int, in_flight: int, size: in
         async with grpc.aio.insecure_channel(address, options=options) as channel:
             stub = shoal_pb2_grpc.BrokerStub(channel)
             request = shoal_pb2.ProduceRequest(
-                acks=1, timeout_ms=30_000, partitions=[shoal_pb2.PartitionRecords(topic=topic, partition=0, records=payload)]
+                acks=acks, timeout_ms=30_000, partitions=[shoal_pb2.PartitionRecords(topic=topic, partition=0, records=payload)]
             )
             await stub.Produce(request)  # warm-up
             remaining = batches

@@ -129,6 +129,7 @@ PRODUCER_SETTINGS = _settings(
     Setting("key.serializer", "callable", None),
     Setting("value.serializer", "callable", None),
     Setting("partitioner", "callable", None),
+    Setting("metrics.port", "int", None, minimum=0, maximum=65535),
 )
 
 CONSUMER_SETTINGS = _settings(

@@ -50,6 +50,7 @@ from typing import Any
 
 from client._net import LEADER_MOVED_CODES, Backoff, Connections, now_ms
 from client.config import default_serializer, producer_config
+from client.metrics import attach_exporter
 from client.errors import (
     IllegalStateError,
     KafkaTimeoutError,
@@ -145,6 +146,7 @@ class Producer:
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="shoal-producer-io")
         self._sender = threading.Thread(target=self._run_sender, name="shoal-producer-sender", daemon=True)
         self._sender.start()
+        self._exporter = attach_exporter(self, "producer", cfg["metrics.port"])
 
     # ------------------------------------------------------------ public API
 
@@ -271,6 +273,8 @@ class Producer:
         self._sender.join(timeout=5)
         self._pool.shutdown(wait=True, cancel_futures=False)
         self._conn.close()
+        if self._exporter is not None:
+            self._exporter.close()
 
     def __enter__(self) -> Producer:
         return self

@@ -69,6 +69,7 @@ from typing import Any, Union
 from client._net import COORDINATOR_MOVED_CODES, LEADER_MOVED_CODES, Backoff, Connections, now_ms
 from client.config import default_deserializer, share_consumer_config
 from client.consumer import decode_batches, deserialize
+from client.metrics import attach_exporter
 from client.errors import (
     CorruptRecordError,
     IllegalStateError,
@@ -285,6 +286,8 @@ class ShareConsumer:
         self._fetch_latency_max_ms = 0.0
         self._acks_sent = 0
         self._acks_failed = 0
+        # Last, so that a scrape never sees a half-built consumer.
+        self._exporter = attach_exporter(self, "share_consumer", self.metrics_port)
 
     # ------------------------------------------------------------ subscription
 
@@ -438,6 +441,8 @@ class ShareConsumer:
                 self._heartbeat_thread.join(timeout=5)
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._conn.close()
+            if self._exporter is not None:
+                self._exporter.close()
 
     def __enter__(self) -> ShareConsumer:
         return self

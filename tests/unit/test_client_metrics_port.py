@@ -1,0 +1,28 @@
+"""`metrics.port` on a client serves its metrics over HTTP in Prometheus form."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+from client import Producer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_producer_serves_its_metrics_on_metrics_port() -> None:
+    port = free_port()
+    # No broker is needed to construct a producer; its counters start at zero.
+    producer = Producer({"bootstrap.servers": "127.0.0.1:1", "metrics.port": port})
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "shoal_producer_" in body
+    finally:
+        producer.close(timeout=1)
+    # Closing the producer stops its exporter.
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", port)) != 0

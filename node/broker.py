@@ -40,7 +40,7 @@ from typing import Callable
 import grpc
 
 from cluster.metadata import MetadataImage, RegisterBroker
-from cluster.raft import MetadataQuorum
+from cluster.raft import MetadataQuorum, QuorumSettings
 from coordinator.errors import ErrorCode, OperatingError
 from node.config import NodeConfig
 from node.controller_service import ControllerService
@@ -55,7 +55,6 @@ log = logging.getLogger("node")
 
 REGISTER_RETRY_S = 0.2
 CATCH_UP_POLL_S = 0.1
-PROPOSE_WORKERS = 16
 
 
 class StartupError(Exception):
@@ -124,8 +123,11 @@ class Node:
         self.broker_epoch = -1
         self.registered = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # One thread per proposal that may wait at once: the executor is the
+        # node's cap on metadata commands in flight.
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=PROPOSE_WORKERS, thread_name_prefix=f"propose-{config.node_id}"
+            max_workers=config.settings["controller.max.inflight.commands"] + 2,
+            thread_name_prefix=f"propose-{config.node_id}",
         )
         self._reconcile_scheduled = False
         self._tasks: list[asyncio.Task] = []
@@ -243,6 +245,7 @@ class Node:
                 data_dir=data_dir / "raft",
                 on_applied=self._on_applied,
                 on_leadership_change=self._on_leadership_change,
+                settings=QuorumSettings(commands_in_flight_max=self.settings["controller.max.inflight.commands"]),
             ),
         )
         group_services_class = load_group_services()

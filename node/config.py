@@ -74,21 +74,23 @@ SETTING_SPECS: dict[str, SettingSpec] = {
     "replica.lag.time.max.ms": SettingSpec(3000, _int, lambda v: 100 <= v <= 600_000, "100..600000"),
     "replica.fetch.max.bytes": SettingSpec(1 << 20, _int, lambda v: 1024 <= v <= 64 << 20, "1024..67108864"),
     "replica.fetch.wait.max.ms": SettingSpec(500, _int, lambda v: 1 <= v <= 30_000, "1..30000"),
+    # Broker defaults for new topics (stamped into the topic's configs at
+    # creation when set explicitly; otherwise the topic defaults apply).
     "message.max.bytes": SettingSpec(1 << 20, _int, lambda v: 64 <= v <= 32 << 20, "64..33554432"),
     "auto.leader.rebalance.enable": SettingSpec(True, _bool, lambda v: True, "true or false"),
     "leader.imbalance.check.interval.seconds": SettingSpec(30, _int, lambda v: 1 <= v <= 3600, "1..3600"),
     "controlled.shutdown.timeout.ms": SettingSpec(5000, _int, lambda v: 0 <= v <= 300_000, "0..300000"),
     "offsets.topic.num.partitions": SettingSpec(DEFAULT_INTERNAL_TOPIC_PARTITIONS, _int, lambda v: 1 <= v <= 1000, "1..1000"),
     "share.coordinator.state.topic.num.partitions": SettingSpec(DEFAULT_INTERNAL_TOPIC_PARTITIONS, _int, lambda v: 1 <= v <= 1000, "1..1000"),
-    "offsets.topic.replication.factor": SettingSpec(3, _int, lambda v: 1 <= v <= 16, "1..16"),
-    "log.flush.interval.ms": SettingSpec(1000, _int, lambda v: 0 <= v <= 3_600_000, "0..3600000"),
     "log.retention.check.interval.ms": SettingSpec(30_000, _int, lambda v: 100 <= v <= 3_600_000, "100..3600000"),
+    # Metadata proposals one node keeps waiting at once (cluster/raft.py caps
+    # them too): bursts of thousands destabilised the quorum on two cores.
     "controller.max.inflight.commands": SettingSpec(64, _int, lambda v: 1 <= v <= 1000, "1..1000"),
     "grpc.max.message.bytes": SettingSpec(64 << 20, _int, lambda v: 1 << 20 <= v <= 512 << 20, "1048576..536870912"),
 }
 
 #: Prefixes of settings that belong to other services (validated there).
-PASS_THROUGH_PREFIXES = ("group.", "share.", "metrics.", "log.")
+PASS_THROUGH_PREFIXES = ("group.", "share.", "metrics.")
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class BrokerSettings:
 
     values: dict[str, Any]
     raw: dict[str, str]
+    #: Keys the operator set (file or --set), as opposed to defaults.
+    explicit: frozenset[str] = frozenset()
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -136,7 +140,8 @@ def parse_settings(raw: dict[str, Any]) -> BrokerSettings:
     for key, value in values.items():
         if key not in raw_strings:
             raw_strings[key] = str(value).lower() if isinstance(value, bool) else str(value)
-    return BrokerSettings(values=values, raw=raw_strings)
+    explicit = frozenset(raw)
+    return BrokerSettings(values=values, raw=raw_strings, explicit=explicit)
 
 
 @dataclass(frozen=True)

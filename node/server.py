@@ -185,7 +185,7 @@ class Servicer:
         while True:
             response, total_bytes, any_error = self._fetch_once(request, max_bytes)
             remaining_ms = deadline_ms - monotonic_ms()
-            if total_bytes >= request.min_bytes or any_error or remaining_ms <= 0 or total_bytes > 0:
+            if total_bytes >= request.min_bytes or any_error or remaining_ms <= 0:
                 return response
             # Park until any partition's HW moves (or leadership changes).
             await wait_any(self.replicas.park_on(keys), remaining_ms)
@@ -453,7 +453,9 @@ class Servicer:
                 f"replication_factor must be at least 1 (or -1 for the default), got {replication_factor}",
             )
         configs = dict(new_topic.configs)
-        if "min.insync.replicas" in settings.raw and "min.insync.replicas" not in configs:
+        if "message.max.bytes" in settings.explicit and "max.message.bytes" not in configs:
+            configs["max.message.bytes"] = str(settings["message.max.bytes"])
+        if "min.insync.replicas" in settings.explicit and "min.insync.replicas" not in configs:
             # An explicitly configured broker default applies to new topics
             # (capped by the replication factor so the topic stays writable).
             configs["min.insync.replicas"] = str(min(settings["min.insync.replicas"], replication_factor))

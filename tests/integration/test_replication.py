@@ -99,6 +99,12 @@ def test_admin_requests_work_from_any_node(cluster: Cluster) -> None:
     assert {b.node_id for b in cluster_view.brokers if not b.fenced} == {1, 2, 3}
 
 
+def test_rf3_topics_default_to_min_insync_2(cluster: Cluster) -> None:
+    cluster.create_topic("defaults", replication_factor=3)
+    described = cluster.any_call(lambda stub: stub.DescribeTopics(shoal_pb2.DescribeTopicsRequest(names=["defaults"]), timeout=5))
+    assert described.topics[0].configs["min.insync.replicas"] == "2"
+
+
 def test_zz_min_insync_replicas_refuses_acks_all(cluster: Cluster) -> None:
     cluster.create_topic("min-isr", replication_factor=3, configs={"min.insync.replicas": "2"})
     leader = cluster.leader_of("min-isr", 0)

@@ -90,6 +90,8 @@ class Cluster:
     base_dir: Path
     nodes: dict[int, NodeProcess]
     settings: dict[str, str] = field(default_factory=dict)
+    #: Node ids that vote in the metadata quorum; the others observe it.
+    voters: list[int] = field(default_factory=list)
     _channels: dict[int, grpc.Channel] = field(default_factory=dict)
 
     # ------------------------------------------------------------ addresses
@@ -111,7 +113,8 @@ class Cluster:
         return process.pid
 
     def quorum(self) -> str:
-        return ",".join(f"{n.node_id}@127.0.0.1:{n.raft_port}" for n in self.nodes.values())
+        voters = self.voters or self.node_ids
+        return ",".join(f"{n.node_id}@127.0.0.1:{n.raft_port}" for n in self.nodes.values() if n.node_id in voters)
 
     def log_paths(self, node_id: int) -> tuple[Path, Path]:
         return self.base_dir / f"node-{node_id}.stdout", self.base_dir / f"node-{node_id}.stderr"
@@ -383,14 +386,20 @@ class Cluster:
             self.leader_of(name, partition, timeout_s)
 
 
+def default_voter_count(n: int) -> int:
+    """ARCHITECTURE.md: the first 3 (or 5) nodes vote; more nodes observe."""
+    return n if n <= 3 else (3 if n < 5 else 5)
+
+
 def start_cluster(
     n: int,
     base_dir: Path,
     settings: dict[str, str] | None = None,
     wait: bool = True,
     timeout_s: float = 45.0,
+    voters: int | None = None,
 ) -> Cluster:
-    """Start ``n`` nodes (ids 1..n, all quorum voters) under ``base_dir``."""
+    """Start ``n`` nodes (ids 1..n; the first ``voters`` vote) under ``base_dir``."""
     base_dir = Path(base_dir)
     base_dir.mkdir(parents=True, exist_ok=True)
     nodes: dict[int, NodeProcess] = {}
@@ -411,7 +420,14 @@ def start_cluster(
             metrics_port=unique_port(),
             data_dir=base_dir / f"node-{node_id}",
         )
-    cluster = Cluster(base_dir=base_dir, nodes=nodes, settings={k: str(v) for k, v in (settings or {}).items()})
+    voter_count = default_voter_count(n) if voters is None else voters
+    assert 1 <= voter_count <= n
+    cluster = Cluster(
+        base_dir=base_dir,
+        nodes=nodes,
+        settings={k: str(v) for k, v in (settings or {}).items()},
+        voters=list(range(1, voter_count + 1)),
+    )
     try:
         for node_id in cluster.node_ids:
             cluster.start_node(node_id)

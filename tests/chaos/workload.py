@@ -7,8 +7,9 @@ Rules (reliability-plan §3.1, §6.1; the history format is in `history.py`)
   "ok" with what the broker answered, "fail" only when the broker guarantees no
   effect, "info" otherwise (timeouts, resets, errors whose effect is unknown).
 * Producers `P<n>` write unique values `"P<n>-<seq>"` with acks=all through the
-  idempotent `client.Producer`; several worker threads per producer share its
-  sequence counter so that throughput does not hinge on one round trip. Every
+  idempotent `client.Producer`; each has several process slots `P<n>.<slot>` (one
+  operation at a time each, completed from the send future's callback) sharing
+  its sequence counter, so that throughput does not hinge on one round trip. Every
   producer error is "info": the client retries internally, so an earlier
   attempt may have been appended even when the last one was refused.
 * Share members use `client.ShareConsumer` in explicit acknowledgement mode and
@@ -48,6 +49,7 @@ retries an operation inside one history op (Jepsen's rule): a retry is a new op.
 
 from __future__ import annotations
 
+import queue
 import random
 import threading
 import time
@@ -82,13 +84,13 @@ class WorkloadConfig:
     share_group: str = "chaos-share"
     classic_group: str = "chaos-classic"
     producers: int = 2
-    workers_per_producer: int = 3
+    in_flight_per_producer: int = 24
     share_members: int = 5
     lock_duration_ms: int = 2000
     delivery_limit: int = 4
     produce_timeout_s: float = 6.0
-    # Per worker; with 6 workers about 120 produces a second when the cluster keeps up.
-    produce_interval_s: float = 0.05
+    # Per producer: at most about 40 produces a second each.
+    produce_interval_s: float = 0.025
     poll_timeout_s: float = 0.5
     max_poll_records: int = 20
     accept: float = 0.80
@@ -345,57 +347,70 @@ class Workload:
         return name == "P1" and sequence.isdigit() and int(sequence) % self.config.poison_every == 0
 
     def _producer_loop(self, producer: int) -> None:
+        """One client.Producer; `in_flight_per_producer` process slots `P<n>.<slot>`, each
+        running one produce at a time, so that about one round trip of acks=all
+        latency does not cap the rate at one record per slot per round trip."""
         client = Producer(
             self._client_config(
                 acks="all",
                 **{
                     "enable.idempotence": True,
-                    "linger.ms": 1,
+                    "linger.ms": 5,
                     "delivery.timeout.ms": int(self.config.produce_timeout_s * 1000),
                     "max.block.ms": int(self.config.produce_timeout_s * 1000),
                     "value.serializer": lambda value: value.encode("utf-8"),
                 },
             )
         )
-        workers = [
-            threading.Thread(
-                target=self._guard,
-                args=(f"P{producer + 1}.{worker}", self._produce_worker, client, producer, worker),
-                daemon=True,
-            )
-            for worker in range(self.config.workers_per_producer)
-        ]
-        for thread in workers:
-            thread.start()
-        for thread in workers:
-            thread.join()
-        try:
-            client.close(timeout=5)
-        except ShoalError:
-            pass
-
-    def _produce_worker(self, client: Producer, producer: int, worker: int) -> None:
-        process = f"P{producer + 1}.{worker}"
         rng = random.Random(self.rng.random())
-        while not self._stop_producers.is_set():
-            value = self._next_value(producer)
-            partition = rng.randrange(self.config.partitions)
-            handle = self.recorder.invoke(process, "produce", {"partition": partition, "value": value})
-            try:
-                metadata = client.send(self.config.topic, value, partition=partition).result(
-                    timeout=self.config.produce_timeout_s + 1
+        free_slots: queue.Queue[int] = queue.Queue()
+        for slot in range(self.config.in_flight_per_producer):
+            free_slots.put(slot)
+        try:
+            while not self._stop_producers.is_set():
+                try:
+                    slot = free_slots.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                value = self._next_value(producer)
+                partition = rng.randrange(self.config.partitions)
+                handle = self.recorder.invoke(
+                    f"P{producer + 1}.{slot}", "produce", {"partition": partition, "value": value}
                 )
-            except Exception as error:  # noqa: BLE001 - every failure is indeterminate here
-                handle.info(f"{type(error).__name__}: {str(error)[:200]}")
-                with self._lock:
-                    self.counters.produced_info += 1
-                    self.counters.error("produce", error)
-                time.sleep(0.1)
-                continue
-            handle.ok({"partition": metadata.partition, "offset": metadata.offset, "value": value})
+                try:
+                    future = client.send(self.config.topic, value, partition=partition)
+                except Exception as error:  # noqa: BLE001 - not queued, but record it honestly
+                    self._produce_done(handle, value, None, error)
+                    free_slots.put(slot)
+                    time.sleep(0.1)
+                    continue
+                future.add_done_callback(
+                    lambda done, handle=handle, value=value, slot=slot: (
+                        self._produce_done(handle, value, done, None),
+                        free_slots.put(slot),
+                    )
+                )
+                time.sleep(self.config.produce_interval_s)
+        finally:
+            try:
+                client.close(timeout=self.config.produce_timeout_s + 2)
+            except Exception:  # noqa: BLE001 - closing against a broken cluster
+                pass
+
+    def _produce_done(self, handle: Any, value: str, future: Any, error: BaseException | None) -> None:
+        if error is None:
+            error = future.exception()
+        if error is not None:
+            # Every failure is indeterminate: the client retried, an earlier attempt may have landed.
+            handle.info(f"{type(error).__name__}: {str(error)[:200]}")
             with self._lock:
-                self.counters.produced_ok += 1
-            time.sleep(self.config.produce_interval_s)
+                self.counters.produced_info += 1
+                self.counters.error("produce", error)
+            return
+        metadata = future.result()
+        handle.ok({"partition": metadata.partition, "offset": metadata.offset, "value": value})
+        with self._lock:
+            self.counters.produced_ok += 1
 
     # ---- share members ---------------------------------------------------------------------
 

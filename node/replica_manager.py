@@ -676,8 +676,17 @@ class ReplicaManager:
         records = b""
         if fetch_offset < leader_end and max_bytes > 0:
             records = partition_log.read(fetch_offset, max_bytes, max_offset=leader_end)
-        follower.last_sent_high_watermark = replica.high_watermark
         return records, replica.high_watermark, partition_log.log_start_offset, None
+
+    def note_high_watermark_sent(self, follower_id: int, key: tuple[str, int], high_watermark: int) -> None:
+        """The follower's response carried ``high_watermark`` (so a parked fetch
+        need not return just to tell it again)."""
+        replica = self.replicas.get(key)
+        if replica is None or replica.role != Role.LEADER:
+            return
+        follower = replica.followers.get(follower_id)
+        if follower is not None:
+            follower.last_sent_high_watermark = max(follower.last_sent_high_watermark, high_watermark)
 
     def follower_needs_answer(self, follower_id: int, key: tuple[str, int], fetch_offset: int) -> bool:
         """True if a parked replica fetch should return now for this partition."""

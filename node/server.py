@@ -562,17 +562,28 @@ class Servicer:
         max_bytes = request.max_bytes if request.max_bytes > 0 else DEFAULT_PARTITION_MAX_BYTES
         deadline_ms = monotonic_ms() + max_wait_ms
         keys = [(p.topic, p.partition) for p in request.partitions]
+        follower_id = request.replica_id
         while True:
             response = self._replica_fetch_once(request, max_bytes)
             remaining_ms = deadline_ms - monotonic_ms()
-            answer_now = remaining_ms <= 0 or any(
-                data.records or data.error_code != shoal_pb2.NONE or data.HasField("diverging_epoch")
-                for data in response.partitions
+            answer_now = (
+                remaining_ms <= 0
+                or any(
+                    data.records or data.error_code != shoal_pb2.NONE or data.HasField("diverging_epoch")
+                    for data in response.partitions
+                )
+                # A newer HW than the follower has seen is news worth a response.
+                or any(
+                    self.replicas.follower_needs_answer(follower_id, key, p.fetch_offset)
+                    for key, p in zip(keys, request.partitions)
+                )
             )
             if answer_now:
+                for key, data in zip(keys, response.partitions):
+                    if data.error_code == shoal_pb2.NONE:
+                        self.replicas.note_high_watermark_sent(follower_id, key, data.high_watermark)
                 return response
-            # The fetch itself sent the follower our HW; park until data or a
-            # newer HW arrives (or leadership changes).
+            # Park until data or a newer HW arrives (or leadership changes).
             parked = self.replicas.park_on(keys)
             if any(
                 self.replicas.follower_needs_answer(request.replica_id, key, p.fetch_offset)

@@ -131,6 +131,17 @@ class Servicer:
     def _image(self) -> MetadataImage:
         return self.node.image()
 
+    def _refuse_internal(self, topic: str, action: str) -> None:
+        """Clients may read internal topics but never write them (as in Kafka):
+        only the coordinators on this node append to them, through
+        LocalPartitions, so a client cannot corrupt group or share state."""
+        registration = self._image().topic_by_name(topic)
+        if registration is not None and registration.internal:
+            raise OperatingError(
+                ErrorCode.INVALID_TOPIC_EXCEPTION,
+                f"cannot {action} internal topic {topic!r}: it belongs to the group and share coordinators",
+            )
+
     @staticmethod
     def _check_partition_count(count: int) -> None:
         if count > MAX_PARTITIONS_PER_REQUEST:
@@ -155,6 +166,7 @@ class Servicer:
                 if key in seen:
                     raise OperatingError(ErrorCode.INVALID_REQUEST, f"{entry.topic}-{entry.partition} appears twice")
                 seen.add(key)
+                self._refuse_internal(entry.topic, "append to")
                 appended = await self.replicas.append(
                     entry.topic, entry.partition, entry.records, acks=request.acks, timeout_ms=timeout_ms
                 )
@@ -260,6 +272,7 @@ class Servicer:
         for entry in request.partitions:
             result = response.results.add(topic=entry.topic, partition=entry.partition, low_watermark=-1)
             try:
+                self._refuse_internal(entry.topic, "delete records of")
                 result.low_watermark = await self.replicas.delete_records_before(entry.topic, entry.partition, entry.offset)
             except OperatingError as error:
                 result.error_code = int(error.code)

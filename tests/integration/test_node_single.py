@@ -203,6 +203,8 @@ def test_data_plane_errors_are_typed(cluster: Cluster) -> None:
     # Nothing of the refused batches reached the log.
     assert fetch(stub, "errors", 0, 0).high_watermark == 0
     assert code_name(fetch(stub, "errors", 0, 5).error_code) == "OFFSET_OUT_OF_RANGE"
+    internal = produce(stub, "__consumer_offsets", 0, make_batch([b"forged group state"]))
+    assert code_name(internal.error_code) == "INVALID_TOPIC_EXCEPTION"
     stale = fetch(stub, "errors", 0, 0, leader_epoch=99)
     assert code_name(stale.error_code) == "UNKNOWN_LEADER_EPOCH"
 

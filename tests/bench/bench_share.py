@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import threading
@@ -115,7 +116,9 @@ def _worker(kind: str, config: dict, topic: str, threads: int, sleep_s: float, t
         runner.start()
     for runner in runners:
         runner.join()
-    out.put(per_thread)
+    times = os.times()
+    # Last entry: this process's CPU seconds (negative-free marker list), to show what the clients cost.
+    out.put(per_thread + [[float("nan"), times.user + times.system]])
 
 
 def run_group(
@@ -165,8 +168,12 @@ def run_group(
             time.sleep(window_s + 1.0)
             stop.set()
         results: list[list[float]] = []
+        client_cpu = 0.0
         for _ in workers:
-            results.extend(out.get(timeout=max(10.0, deadline - time.monotonic() + 60)))
+            got = out.get(timeout=max(10.0, deadline - time.monotonic() + 60))
+            client_cpu += got[-1][1]
+            results.extend(got[:-1])
+        run_group.last_client_cpu_s = client_cpu  # type: ignore[attr-defined]
     finally:
         stop.set()
         for worker in workers:
@@ -227,13 +234,22 @@ def part_b(quick: bool, window_s: float) -> dict[int, float]:
         cluster.create_topic("sb", 1, 1)
         produce_all(cluster.bootstrap, "sb", needed, 100)
         config = {"share.acknowledgement.mode": "explicit", "share.acquire.mode": "record_limit", "max.poll.records": 10}
+        node_pid = cluster.pid(1)
         for k in ks:
+            node_cpu_before, wall_before = cpu_seconds(node_pid), time.monotonic()
             stamps = run_group(cluster.bootstrap, "share", f"b-{k}", "sb", k, needed, config, sleep_s=0.010, window_s=window_s)
+            wall = time.monotonic() - wall_before
+            node_cores = (cpu_seconds(node_pid) - node_cpu_before) / wall
+            client_cores = run_group.last_client_cpu_s / wall  # type: ignore[attr-defined]
             start = stamps.pop()[0]
             done = [s for per in stamps for s in per if s > 0]
             in_window = sum(1 for s in done if start <= s < start + window_s)
             rates[k] = in_window / window_s
-            print(f"  k={k:2d}: {rates[k]:,.0f} records/s, ideal {k * 100:,}, {rates[k] / (k * 100):.2f} of ideal", flush=True)
+            print(
+                f"  k={k:2d}: {rates[k]:,.0f} records/s, ideal {k * 100:,}, {rates[k] / (k * 100):.2f} of ideal; "
+                f"CPU over the whole run (incl. start-up): node {node_cores:.2f} cores, consumer processes {client_cores:.2f} cores",
+                flush=True,
+            )
     print()
     print("| consumers | processes x threads | records/s (window) | ideal | fraction of ideal |")
     print("|---|---|---|---|---|")
@@ -270,6 +286,12 @@ def part_c(quick: bool, runs: int) -> None:
     ratio = statistics.median(rates[3]) / statistics.median(rates[1])
     print(f"ratio 3 nodes RF 3 / 1 node: {ratio:.2f}")
     summary(BENCH, "(c) ack throughput 3 nodes RF3 / 1 node", ratio, "ratio", 0.5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fmt(values: list[float]) -> str:

@@ -86,7 +86,11 @@ def machine_line() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return f"python {sys.version.split()[0]}, {cpus} CPUs ({model}), {time.strftime('%Y-%m-%d %H:%M:%S')}"
+    load = "?"
+    with contextlib.suppress(OSError):
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    # The load average says whether other work shared the machine during the run.
+    return f"python {sys.version.split()[0]}, {cpus} CPUs ({model}), load average {load}, {time.strftime('%Y-%m-%d %H:%M:%S')}"
 
 
 def value_of(size: int, index: int = 0) -> bytes:

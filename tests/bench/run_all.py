@@ -59,7 +59,7 @@ def parse_plain(name: str, lines: list[str]) -> list[dict]:
             rows.append(row(name, f"log append {size} B {compression}", float(append_m) * 1e6, "records/s", f"{append_mb} MB/s; read+crc {read_m} M/s"))
         elif name == "share_state_load" and (match := _STATE_LINE.match(line)):
             part, what, seconds = match.groups()
-            rows.append(row(name, f"({part}) load {what.split('(')[0].strip()}", float(seconds), "s"))
+            rows.append(row(name, f"({part}) load {what.strip()}", float(seconds), "s"))
     return rows
 
 

@@ -34,7 +34,9 @@ Rules
    COORDINATOR_NOT_AVAILABLE, retriable), at most ``round_operations_max``
    operations and about ``round_bytes_max`` bytes of records per append.
 7. On leadership loss the shard is unloaded and pending operations fail with
-   NOT_COORDINATOR.
+   NOT_COORDINATOR, including those of a round whose append is in flight:
+   that append's outcome is unknown, and the callers retry at the new
+   coordinator (see ``_fail_queue``).
 
 Theory of operation
 -------------------
@@ -102,6 +104,8 @@ class _Hosted(Generic[S]):
     shard: S | None = None
     loaded: bool = False
     queue: collections.deque = field(default_factory=collections.deque)
+    #: Operations of the round whose append is in flight (out of the queue, not yet answered).
+    in_flight: list[_Operation] = field(default_factory=list)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None
 
@@ -280,6 +284,9 @@ class CoordinatorRuntime(Generic[S]):
         if encoded:
             batches = self._build_batches(encoded)
             self.appends_total += 1
+            # Rule 7: an unload while the append is in flight cancels this task;
+            # the unload then fails these operations (they left the queue).
+            hosted.in_flight = [operation for operation, _, _ in taken]
             try:
                 appended = await self._local.append(
                     self.topic,
@@ -290,6 +297,7 @@ class CoordinatorRuntime(Generic[S]):
                     expected_leader_epoch=hosted.leader_epoch,
                 )
             except OperatingError as error:
+                hosted.in_flight = []
                 self.append_failures_total += 1
                 code = ErrorCode.NOT_COORDINATOR if error.code in _LEADERSHIP_LOST_CODES else error.code
                 failure = OperatingError(
@@ -302,6 +310,7 @@ class CoordinatorRuntime(Generic[S]):
                 # Rule 5: the log may hold the records or not; reload from it.
                 self._reload(hosted, f"an append failed ({error.code.name})")
                 return
+            hosted.in_flight = []
             first_offset = appended.base_offset
             assert appended.last_offset - appended.base_offset + 1 == len(encoded), (appended, len(encoded))
             self.records_appended_total += len(encoded)
@@ -429,10 +438,28 @@ class CoordinatorRuntime(Generic[S]):
             self._on_unloaded(partition)
 
     def _fail_queue(self, hosted: _Hosted[S], reason: str) -> None:
+        """Fail the queued operations and those whose append was in flight.
+
+        A race this closes (rule 7)::
+
+            1. A round takes operations off the queue and awaits their append.
+            2. Leadership moves; ``_unload`` cancels the worker inside that await.
+            3. The cancelled round completes nothing, and the operations are no
+               longer in the queue: without this, their callers would wait
+               forever (for the share coordinator, the share partition's single
+               writer, and with it every later write of that share partition).
+            4. Whether the append landed is unknown; NOT_COORDINATOR makes the
+               callers retry at the new coordinator, which replays the log (share
+               writes are idempotent per offset, see share_persister.py).
+        """
         error = OperatingError(
             ErrorCode.NOT_COORDINATOR,
             f"the {self.name} for {self.topic}-{hosted.partition} moved ({reason}); find it again and retry",
         )
+        in_flight, hosted.in_flight = hosted.in_flight, []
+        for operation in in_flight:
+            if not operation.future.done():
+                operation.future.set_exception(error)
         while hosted.queue:
             operation = hosted.queue.popleft()
             if not operation.future.done():

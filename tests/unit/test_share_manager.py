@@ -461,3 +461,63 @@ def test_group_namespace_and_alter_offsets_requires_empty_group(tmp_path):
         node.local.close()
 
     run(scenario())
+
+
+class GatedPartitions(OneNodePartitions):
+    """Appends to ``gated`` topics wait until ``gate`` opens (an acks=-1 append waiting on followers)."""
+
+    def __init__(self, directory: Path, gated: set[str]) -> None:
+        super().__init__(directory)
+        self.gated = gated
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def append(self, topic, partition, batches, **kwargs):
+        if topic in self.gated:
+            self.waiting += 1
+            await self.gate.wait()
+            self.waiting -= 1
+        return await super().append(topic, partition, batches, **kwargs)
+
+
+def test_operations_in_flight_fail_when_coordinator_leadership_moves(tmp_path):
+    """Regression: a shard unloaded mid-append left that round's callers waiting forever.
+
+    1. A heartbeat's records are being appended (acks=-1 waits for followers).
+    2. The leader epoch of ``__consumer_offsets-0`` moves; the runtime unloads
+       the shard and cancels its worker, which was awaiting that append.
+    3. The operations taken into the round were neither in the queue (failed by
+       the unload) nor completed by the cancelled round: their callers hung.
+       For the share coordinator the caller is the share partition's single
+       writer, so every later write of that share partition hung behind it.
+    Now they fail with NOT_COORDINATOR (retriable) and the shard reloads.
+    """
+    async def scenario():
+        node = Node(tmp_path)
+        node.local = GatedPartitions(tmp_path / "gated", {CONSUMER_OFFSETS_TOPIC})
+        node.local.create(CONSUMER_OFFSETS_TOPIC, 1)
+        node.local.create(SHARE_STATE_TOPIC, 1)
+        node.local.create("t", 1)
+        node.cluster = OneNodeCluster(node.local)
+        node.local.gate.set()
+        services = await node.start()
+        node.local.gate.clear()
+        heartbeat = asyncio.ensure_future(services.ShareGroupHeartbeat(shoal_pb2.ShareGroupHeartbeatRequest(
+            group_id="g", member_id="m1", member_epoch=0, subscribed_topics=shoal_pb2.SubscribedTopics(names=["t"])),
+            None))
+        await wait_for(lambda: node.local.waiting == 1, 5, "the heartbeat's append to start")
+        node.local.bump_epoch(CONSUMER_OFFSETS_TOPIC, 0)
+        response = await asyncio.wait_for(heartbeat, 5)
+        assert response.error_code == ErrorCode.NOT_COORDINATOR, response
+        node.local.gate.set()
+        runtime = services.group_coordinator.runtime
+        await wait_for(lambda: runtime.is_loaded(0), 5, "the shard to load at the new epoch")
+        assert runtime.leader_epoch(0) == 1
+        again = await services.ShareGroupHeartbeat(shoal_pb2.ShareGroupHeartbeatRequest(
+            group_id="g", member_id="m1", member_epoch=0, subscribed_topics=shoal_pb2.SubscribedTopics(names=["t"])),
+            None)
+        assert again.error_code == 0, again
+        await services.stop()
+        node.local.close()
+
+    run(scenario())

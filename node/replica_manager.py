@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ from proto import batch as batch_codec
 
 log = logging.getLogger("node.replicas")
 
+PARTITION_METADATA_FILE = "partition.metadata"
 #: How often the leader checks for lagging followers, retention and flush.
 HOUSEKEEPING_INTERVAL_MS = 250
 #: Bound on concurrently parked long-poll waiters per partition (each is one
@@ -279,7 +281,7 @@ class ReplicaManager:
         for key, (topic, registration) in assigned.items():
             replica = self.replicas.get(key)
             if replica is None:
-                replica = self._open_replica(topic, registration)
+                replica = self._open_replica(topic, registration, caught_up)
                 if replica is None:
                     continue
             elif replica.config != topic.config:
@@ -300,8 +302,40 @@ class ReplicaManager:
         for change in lost + gained:
             self._notify_leadership(change)
 
-    def _open_replica(self, topic: TopicRegistration, registration: PartitionRegistration) -> Replica | None:
+    def _open_replica(
+        self, topic: TopicRegistration, registration: PartitionRegistration, caught_up: bool
+    ) -> Replica | None:
         directory = self.logs_dir / f"{topic.name}-{registration.partition}"
+        # Kafka's partition.metadata: the topic id the directory belongs to. A
+        # directory left by a deleted topic of the same name (deleted while
+        # this node was down) must not be served as the new topic's data.
+        marker = directory / PARTITION_METADATA_FILE
+        try:
+            stored_id = marker.read_text().strip().removeprefix("topic_id: ") if marker.exists() else None
+        except OSError as error:
+            log.error("cannot read %s: %s", marker, error)
+            return None
+        if stored_id is not None and stored_id != topic.topic_id:
+            if not caught_up:
+                return None  # decide once the metadata is current
+            log.warning(
+                "%s holds data of an older topic %s (id %s); deleting it for topic id %s",
+                directory,
+                topic.name,
+                stored_id,
+                topic.topic_id,
+            )
+            shutil.rmtree(directory, ignore_errors=True)
+            stored_id = None
+        if stored_id is None:
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                temporary = directory / (PARTITION_METADATA_FILE + ".writing")
+                temporary.write_text(f"topic_id: {topic.topic_id}\n")
+                os.replace(temporary, marker)
+            except OSError as error:
+                log.error("cannot write %s: %s", marker, error)
+                return None
         try:
             partition_log = PartitionLog(directory, log_config_for(topic.config), now_ms=wall_ms())
         except OperatingError as error:

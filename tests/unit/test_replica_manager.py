@@ -299,3 +299,27 @@ def test_stale_metadata_never_makes_a_leader_at_an_older_epoch(tmp_path: Path) -
         await cluster.close()
 
     run(scenario)
+
+
+def test_directory_of_a_deleted_topic_is_not_served_to_its_successor(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        cluster = InProcessCluster(tmp_path)
+        await cluster.managers[1].append(TOPIC, 0, batch(b"old topic"), acks=1)
+        directory = cluster.managers[1].replicas[KEY].log.directory
+        assert (directory / "partition.metadata").read_text() == "topic_id: topic-id\n"
+        await cluster.close()
+        # While node 1 is down the topic is deleted and created again.
+        state = MetadataState()
+        for node_id in (1, 2, 3):
+            epoch = state.apply(RegisterBroker(node_id, "127.0.0.1", 9000 + node_id, f"again-{node_id}"))
+            state.apply(UnfenceBroker(node_id, epoch))
+        state.apply(CreateTopic(TOPIC, "new-topic-id", ((1, 2, 3),)))
+        restarted = ReplicaManager(1, tmp_path / "node-1", cluster.settings, cluster.propose)
+        restarted.apply_metadata(state.image, caught_up=False)
+        assert KEY not in restarted.replicas  # undecided while the metadata may be stale
+        restarted.apply_metadata(state.image, caught_up=True)
+        assert restarted.log_end_offset(TOPIC, 0) == 0
+        assert (directory / "partition.metadata").read_text() == "topic_id: new-topic-id\n"
+        await restarted.close()
+
+    run(scenario)

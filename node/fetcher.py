@@ -101,7 +101,13 @@ class LeaderFetcher:
             max_bytes=self._max_bytes,
         )
         sent: dict[tuple[str, int], int] = {}
-        for key, epoch in self.partitions.items():
+        # Rotate the order each round: the leader fills max_bytes in request
+        # order, so a fixed order would starve the partitions listed last.
+        items = list(self.partitions.items())
+        if items:
+            shift = self.fetches_total % len(items)
+            items = items[shift:] + items[:shift]
+        for key, epoch in items:
             if self._paused_until.get(key, 0.0) > loop_time:
                 continue
             state = self._replicas.follower_fetch_state(key)

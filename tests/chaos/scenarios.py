@@ -64,9 +64,11 @@ def _target(nemesis: Nemesis, first: list[bool]) -> tuple[int, str]:
 
 
 def kill_schedule(nemesis: Nemesis, rng: random.Random, deadline: float, network: bool) -> None:
-    """S1: every 8-12 s SIGKILL a weighted node; restart it 2-5 s later."""
+    """S1: every 6-10 s SIGKILL a weighted node; restart it 2-5 s later. (The plan says
+    8-12 s; with restarts waiting for readiness that gave fewer than the 8 faults the
+    coverage gate asks for in 120 s.)"""
     first = [True]
-    while _sleep_until(deadline, rng.uniform(8, 12) if not first[0] else 3):
+    while _sleep_until(deadline, rng.uniform(6, 10) if not first[0] else 3):
         node, role = _target(nemesis, first)
         nemesis.kill(node, role)
         _sleep_until(deadline + 60, rng.uniform(2, 5))
@@ -74,9 +76,10 @@ def kill_schedule(nemesis: Nemesis, rng: random.Random, deadline: float, network
 
 
 def pause_schedule(nemesis: Nemesis, rng: random.Random, deadline: float, network: bool) -> None:
-    """S2: every 10-15 s SIGSTOP a weighted node for 3-8 s (past lock and session timeouts)."""
+    """S2: every 8-12 s SIGSTOP a weighted node for 3-8 s (past lock and session timeouts;
+    the plan's 10-15 s gave fewer than 8 faults in 120 s)."""
     first = [True]
-    while _sleep_until(deadline, rng.uniform(10, 15) if not first[0] else 3):
+    while _sleep_until(deadline, rng.uniform(8, 12) if not first[0] else 3):
         node, role = _target(nemesis, first)
         nemesis.pause(node, role)
         _sleep_until(deadline + 60, rng.uniform(3, 8))
@@ -116,13 +119,13 @@ def mixed_process_schedule(nemesis: Nemesis, rng: random.Random, deadline: float
 
 
 def mixed_schedule(nemesis: Nemesis, rng: random.Random, deadline: float, network: bool) -> None:
-    """S4: windows of 20 s; in each, a random subset of {kill, pause, partition} on one
-    node for 5-10 s, with about a quarter of the windows fault-free."""
+    """S4: windows of 15 s (the plan's 20 s gave too few faults for the gate); in each,
+    a random subset of {kill, pause, partition} on one node for 5-10 s, with about a quarter of the windows fault-free."""
     first = [True]
     while time.monotonic() < deadline:
-        window_end = time.monotonic() + 20
+        window_end = time.monotonic() + 15
         if not first[0] and rng.random() < 0.25:
-            _sleep_until(deadline, 20)
+            _sleep_until(deadline, 15)
             continue
         _sleep_until(deadline, 2)
         node, role = _target(nemesis, first)
@@ -149,12 +152,12 @@ def mixed_schedule(nemesis: Nemesis, rng: random.Random, deadline: float, networ
 
 def kill_all_schedule(nemesis: Nemesis, rng: random.Random, deadline: float, network: bool) -> None:
     """S5: twice per run SIGKILL every node at once and restart them in random order
-    (0-3 s apart); single kills every 8-12 s in between."""
+    (0-3 s apart); single kills every 6-10 s in between."""
     start = time.monotonic()
     span = max(1.0, deadline - start)
     kill_all_at = [start + span / 3, start + 2 * span / 3]
     first = [True]
-    while _sleep_until(deadline, rng.uniform(8, 12) if not first[0] else 3):
+    while _sleep_until(deadline, rng.uniform(6, 10) if not first[0] else 3):
         if kill_all_at and time.monotonic() >= kill_all_at[0]:
             kill_all_at.pop(0)
             nemesis.kill_all()
@@ -206,8 +209,8 @@ class Scenario:
 SCENARIOS: dict[str, Scenario] = {
     scenario.name: scenario
     for scenario in (
-        Scenario("kill", "SIGKILL a weighted node every 8-12 s, restart after 2-5 s", kill_schedule),
-        Scenario("pause", "SIGSTOP a weighted node for 3-8 s every 10-15 s", pause_schedule),
+        Scenario("kill", "SIGKILL a weighted node every 6-10 s, restart after 2-5 s", kill_schedule),
+        Scenario("pause", "SIGSTOP a weighted node for 3-8 s every 8-12 s", pause_schedule),
         Scenario(
             "partition",
             "iptables partitions: isolate a leader, halves, bridge, client cut; 8 s on, 4 s off",
@@ -217,7 +220,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "mixed",
-            "20 s windows of random kill / pause / partition subsets, a quarter fault-free",
+            "15 s windows of random kill / pause / partition subsets, a quarter fault-free",
             mixed_schedule,
             needs_network=True,
             fallback_note="no network namespaces here: mixed ran without its partition faults",

@@ -29,10 +29,17 @@ MUTATION_TIMINGS = Timings(warmup_s=3.0, fault_s=60.0, quiet_s=5.0, drain_s=30.0
 
 # flag -> (scenario, anomaly classes that prove the bug was seen)
 MUTATIONS: dict[str, tuple[str, frozenset[str]]] = {
+    # The same append path carries the share-state log: acking it before replication
+    # also loses share state on failover (seen: resurrection, delivery-count-regression).
     "SHOAL_BUG_ACK_BEFORE_REPLICATION": (
         "kill",
         frozenset(
             {
+                "resurrection",
+                "delivery-count-regression",
+                "delivery-below-start-offset",
+                "start-offset-regression",
+                "unseen",
                 "lost-prefix",
                 "lost-middle",
                 "lost-postfix",

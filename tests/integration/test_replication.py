@@ -105,6 +105,32 @@ def test_rf3_topics_default_to_min_insync_2(cluster: Cluster) -> None:
     assert described.topics[0].configs["min.insync.replicas"] == "2"
 
 
+def test_sigterm_moves_leadership_before_the_process_exits(cluster: Cluster) -> None:
+    cluster.create_topic("handover", partitions=3, replication_factor=3)
+    wait_until(
+        lambda: all(len(cluster.partition_metadata("handover", p).isr) == 3 for p in range(3)), 15, "full ISRs"
+    )
+    leader = cluster.leader_of("handover", 0)
+    observer = next(n for n in cluster.node_ids if n != leader)
+    assert cluster.stop(leader) == 0
+    # Controlled shutdown: the controller moved every leadership and fenced
+    # the node before it exited, so nothing waits for a session timeout.
+    # (The short wait only covers this node applying the committed change;
+    # it is below the 2 s session timeout that a crash would cost.)
+    def moved() -> bool:
+        metadata = [cluster.partition_metadata("handover", p, node_id=observer) for p in range(3)]
+        return all(m.leader not in (leader, -1) and leader not in m.isr for m in metadata) and any(
+            b.node_id == leader and b.fenced for b in cluster.describe_cluster(observer).brokers
+        )
+
+    wait_until(moved, 1.0, "leaderships moved and the node fenced")
+    cluster.start_node(leader)
+    cluster.wait_ready()
+    wait_until(
+        lambda: all(len(cluster.partition_metadata("handover", p).isr) == 3 for p in range(3)), 30, "ISRs refilled"
+    )
+
+
 def test_zz_min_insync_replicas_refuses_acks_all(cluster: Cluster) -> None:
     cluster.create_topic("min-isr", replication_factor=3, configs={"min.insync.replicas": "2"})
     leader = cluster.leader_of("min-isr", 0)

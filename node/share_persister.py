@@ -9,7 +9,8 @@ Rules
 * Every call retries while the error is retriable (NOT_COORDINATOR,
   COORDINATOR_LOAD_IN_PROGRESS, COORDINATOR_NOT_AVAILABLE, an unreachable
   peer, ...) with backoff, until its deadline; then the last error is raised
-  as an ``OperatingError``. Fencing errors (FENCED_STATE_EPOCH,
+  as an ``OperatingError``. An attempt still unanswered at the deadline is
+  abandoned with COORDINATOR_NOT_AVAILABLE. Fencing errors (FENCED_STATE_EPOCH,
   FENCED_LEADER_EPOCH) are never retried: the caller must reload.
 * Writes are idempotent and commutative (per-offset maximum, see
   ``coordinator/share_partition.py``), so retrying a write whose first attempt
@@ -112,7 +113,16 @@ class SharePersister:
         backoff_ms = BACKOFF_INITIAL_MS
         while True:
             try:
-                return await attempt()
+                # The deadline bounds each attempt too, not only the gaps between
+                # them: a local coordinator operation has no RPC timeout of its own,
+                # and an attempt that never answered used to hold the caller (a share
+                # partition's only writer) forever.
+                remaining_ms = max(1, deadline_ms - monotonic_ms())
+                return await asyncio.wait_for(attempt(), remaining_ms / 1000)
+            except asyncio.TimeoutError:
+                raise OperatingError(
+                    ErrorCode.COORDINATOR_NOT_AVAILABLE, f"{what}: no answer within {timeout_ms} ms"
+                ) from None
             except grpc.RpcError as error:
                 failure = operating_error_from_rpc(error, what)
             except KeyError as error:  # no address known for the node yet

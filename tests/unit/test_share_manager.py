@@ -521,3 +521,34 @@ def test_operations_in_flight_fail_when_coordinator_leadership_moves(tmp_path):
         node.local.close()
 
     run(scenario())
+
+
+def test_persister_gives_up_on_an_unanswered_attempt_at_its_deadline(tmp_path):
+    """Regression: the deadline was checked only between attempts, so a local
+    coordinator call that never answered held the caller (a share partition's
+    only writer) forever instead of failing it for a reload."""
+    from coordinator.share_state import ShareKey
+    from node.share_persister import SharePersister
+
+    class SilentCoordinator:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def write(self, *args) -> None:
+            self.calls += 1
+            await asyncio.Event().wait()
+
+    async def scenario():
+        local = OneNodePartitions(tmp_path)
+        local.create(SHARE_STATE_TOPIC, 1)
+        coordinator = SilentCoordinator()
+        persister = SharePersister(OneNodeCluster(local), NoPeers(), coordinator, 1)
+        started = monotonic_ms()
+        with pytest.raises(OperatingError) as error:
+            await asyncio.wait_for(persister.write(ShareKey("g", "t", 0), 0, 0, 0, 0, [], timeout_ms=300), 5)
+        assert error.value.code == ErrorCode.COORDINATOR_NOT_AVAILABLE and error.value.retriable
+        assert 300 <= monotonic_ms() - started < 2000
+        assert coordinator.calls == 1
+        local.close()
+
+    run(scenario())

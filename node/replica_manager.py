@@ -558,6 +558,17 @@ class ReplicaManager:
             future = asyncio.get_running_loop().create_future()
             replica.waiters.append(future)
             await wait_any([(replica, future)], remaining_ms)
+        # Kafka's rule at completion: the HW may have passed the batch only
+        # because the ISR shrank below min.insync.replicas meanwhile; then the
+        # records are on fewer replicas than the producer asked for.
+        isr_size = len(replica.registration.isr)
+        min_isr = self.min_insync_replicas(replica)
+        if isr_size < min_isr:
+            raise OperatingError(
+                ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+                f"{replica.name} offsets {info.first_offset}..{info.last_offset} were written, but the ISR shrank to "
+                f"{isr_size} replica(s), below min.insync.replicas={min_isr}; they are not durable as requested",
+            )
         return result
 
     def read(self, topic: str, partition: int, start_offset: int, max_bytes: int) -> bytes:

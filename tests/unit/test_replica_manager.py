@@ -323,3 +323,24 @@ def test_directory_of_a_deleted_topic_is_not_served_to_its_successor(tmp_path: P
         await restarted.close()
 
     run(scenario)
+
+
+def test_acks_all_reports_not_enough_replicas_after_append_when_the_isr_shrinks(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        cluster = InProcessCluster(tmp_path, min_insync="3")
+        leader = cluster.managers[1]
+        cluster.replicate_all()
+        append = asyncio.create_task(leader.append(TOPIC, 0, batch(b"x"), acks=-1, timeout_ms=10_000))
+        await asyncio.sleep(0)
+        cluster.fetch_round(2)
+        cluster.fetch_round(2)
+        # Node 3 stalls; the ISR shrinks to (1, 2), which lets the HW pass the
+        # batch, but two replicas are fewer than min.insync.replicas=3.
+        leader.replicas[KEY].followers[3].last_caught_up_ms -= 5_000
+        leader._maybe_shrink_isr(leader.replicas[KEY], monotonic_ms())
+        with pytest.raises(OperatingError) as refused:
+            await append
+        assert refused.value.code == ErrorCode.NOT_ENOUGH_REPLICAS_AFTER_APPEND
+        await cluster.close()
+
+    run(scenario)

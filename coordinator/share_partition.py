@@ -546,9 +546,9 @@ class SharePartition:
         renewed_deadline_ms = now_ms + self._settings.record_lock_duration_ms
         for first, last, ack_type in segments:
             if first < self._start_offset:
-                # Below the start offset (§2.5) nothing is validated. Records this member
-                # still holds there were stranded by a log start move: their attempt is
-                # over and they are archived, which needs no write.
+                # Below the start offset only records this member still holds can be
+                # acknowledged (validated above): they were stranded by a log start
+                # move, their attempt is over and they are archived, which needs no write.
                 self._drop_acquired(first, min(last, self._start_offset - 1), member_id)
                 if last < self._start_offset:
                     continue
@@ -927,14 +927,42 @@ class SharePartition:
                     ErrorCode.INVALID_REQUEST, f"acknowledgement batches overlap at offset {segment[0]}"
                 )
         for first, last, _ in segments:
+            if first < self._start_offset:
+                self._check_held_below_start(member_id, first, min(last, self._start_offset - 1), now_ms)
             self._check_held(member_id, max(first, self._start_offset), last, now_ms)
         return segments
+
+    def _check_held_below_start(self, member_id: str, first: int, last: int, now_ms: int) -> None:
+        """Refuse an acknowledgement below the start offset unless the member still holds it.
+
+        Kafka silently ignores acknowledgements below the start offset (§2.5). shoal
+        answers them as a user would expect instead: the only records kept below the
+        start offset are acquisitions stranded by a log-start move, and only their
+        holder, under a valid lock, may acknowledge them. Anything else there was
+        already settled, usually by another member after this one's lock expired, and
+        reporting success would tell a consumer that its stale RELEASE or ACCEPT took
+        effect when it did not (reliability-plan.md I11; found by the chaos suite).
+        """
+        self._check_held(member_id, first, last, now_ms)
+        low = bisect_right(self._runs, first, key=_run_first) - 1
+        covered = 0
+        for run in self._runs[max(low, 0):]:
+            if run.first > last:
+                break
+            covered += max(0, min(run.last, last) - max(run.first, first) + 1)
+        if covered < last - first + 1:
+            raise OperatingError(
+                ErrorCode.INVALID_RECORD_STATE,
+                f"offsets {first}-{last} are below the share-partition start offset {self._start_offset} and "
+                f"not held by {member_id}: they were already acknowledged or archived",
+            )
 
     def _check_held(self, member_id: str, first: int, last: int, now_ms: int) -> None:
         """Raise INVALID_RECORD_STATE unless ``member_id`` holds [first, last] under a valid lock."""
         if first > last:
             return
-        index = bisect_right(self._runs, first, key=_run_first) - 1
+        # max(): with no run starting at or before ``first``, -1 would wrap to the last run.
+        index = max(bisect_right(self._runs, first, key=_run_first) - 1, 0)
         while index < len(self._runs) and self._runs[index].first <= last:
             run = self._runs[index]
             offset = max(run.first, first)

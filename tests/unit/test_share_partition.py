@@ -440,15 +440,40 @@ def test_scenario_31_invalid_types_are_invalid_request() -> None:
     expect_error(ErrorCode.INVALID_REQUEST, partition, lambda: partition.acknowledge("m", overlapping, 0))
 
 
-def test_scenario_32_ack_below_start_offset_is_ignored() -> None:
+def test_scenario_32_ack_below_start_offset_refused_unless_still_held() -> None:
+    """Kafka ignores acks below the start offset; shoal refuses them unless the member holds them.
+
+    A stale acknowledgement for a record another member already settled must not be
+    answered with success (reliability-plan.md I11; the chaos suite found this).
+    """
     partition = SharePartition(settings(), 0)
     acquire(partition, "m", [(0, 9)])
     ack(partition, "m", 0, 4, AcknowledgeType.ACCEPT)
-    change = ack(partition, "m", 0, 4, AcknowledgeType.REJECT)
-    assert change.write is None and change.counts == {}
-    # Straddling the start offset: the part below is ignored, the rest applies.
-    ack(partition, "m", 2, 9, AcknowledgeType.ACCEPT)
+    assert partition.start_offset == 5
+    expect_error(INVALID, partition, lambda: ack(partition, "m", 0, 4, AcknowledgeType.REJECT))
+    # Straddling the start offset with a part already settled: refused as a whole.
+    expect_error(INVALID, partition, lambda: ack(partition, "m", 2, 9, AcknowledgeType.ACCEPT))
+    ack(partition, "m", 5, 9, AcknowledgeType.ACCEPT)
     assert partition.start_offset == partition.end_offset == 10
+
+
+def test_stale_ack_after_redelivery_and_settlement_is_refused() -> None:
+    partition = SharePartition(settings(), 0)
+    acquire(partition, "slow", [(0, 0)])
+    partition.expire(LOCK_MS)
+    acquire(partition, "fast", [(0, 0)], now_ms=LOCK_MS)
+    ack(partition, "fast", 0, 0, AcknowledgeType.ACCEPT, now_ms=LOCK_MS)
+    assert partition.start_offset == 1
+    expect_error(INVALID, partition, lambda: ack(partition, "slow", 0, 0, AcknowledgeType.RELEASE, now_ms=LOCK_MS))
+
+
+def test_ack_of_stranded_record_below_start_offset_by_its_holder_succeeds() -> None:
+    partition = SharePartition(settings(), 0)
+    acquire(partition, "m", [(0, 9)])
+    partition.update_log_start_offset(5)
+    change = ack(partition, "m", 0, 9, AcknowledgeType.ACCEPT)
+    assert partition.start_offset == partition.end_offset == 10
+    assert change.counts.get("accept") == 5
 
 
 def test_renew_disabled_is_invalid_record_state() -> None:

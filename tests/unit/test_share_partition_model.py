@@ -255,9 +255,11 @@ class SharePartitionModel(RuleBasedStateMachine):
         if any(nxt[0] <= prev[1] for prev, nxt in zip(spans, spans[1:])):
             return ErrorCode.INVALID_REQUEST
         for batch in batches:
-            for offset in range(max(batch.first_offset, self.start_offset), batch.last_offset + 1):
-                record = self.records[offset]
-                if record.state != Q or record.member_id != member_id:
+            for offset in range(batch.first_offset, batch.last_offset + 1):
+                # Below the start offset only the member's own stranded acquisitions
+                # remain; anything else there was settled and the ack is stale.
+                record = self.records.get(offset)
+                if record is None or record.state != Q or record.member_id != member_id:
                     return ErrorCode.INVALID_RECORD_STATE
                 assert record.deadline_ms is not None
                 if record.deadline_ms <= self.now_ms:

@@ -23,6 +23,7 @@ from proto import shoal_pb2
 from tests.harness import Cluster, make_cluster_fixture, wait_until
 
 pytest.importorskip("node.server")
+pytestmark = [pytest.mark.multiprocess, pytest.mark.xdist_group("cluster")]
 
 SESSION_TIMEOUT_MS = 3000
 cluster3 = make_cluster_fixture(

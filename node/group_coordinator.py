@@ -25,7 +25,12 @@ Rules
   with the high watermark from the partition leader (ListOffsets latest).
 * Session expiry: one timer per shard at ``next_deadline_ms()``. Expired
   share-group members have their records released on this node at once; on
-  other nodes their share sessions time out and do the same.
+  other nodes their share sessions time out and do the same. A known and
+  accepted limit: the coordinator does not tell the other share-partition
+  leaders, so there the expired member's records stay acquired until their
+  acquisition locks expire or, at the latest, until its share session there
+  is idle for ``share.session.timeout.ms`` (the same timeout that expired the
+  member here). Nothing is lost or delivered twice; delivery is only later.
 * Topic metadata changes are installed with ``set_topic_partitions``; share
   state of partitions that disappeared is deleted.
 """

@@ -271,16 +271,19 @@ def test_kill_all_nodes_and_restart_keeps_acknowledged_data(cluster: Cluster) ->
         cluster.start_node(node_id)
     cluster.wait_ready(timeout_s=60)
     for partition in (0, 1):
-        leader = cluster.leader_of("kill-all", partition, timeout_s=30)
+        # Leadership may still move while the restarted nodes are unfenced:
+        # ask for the leader on every attempt.
         wait_until(
-            lambda: fetch(cluster.broker(leader), "kill-all", partition, 0).high_watermark >= len(acked[partition]),
+            lambda: fetch(cluster.broker(cluster.leader_of("kill-all", partition, timeout_s=30)), "kill-all", partition, 0).high_watermark
+            >= len(acked[partition]),
             30,
             f"kill-all-{partition} committed data visible again",
         )
+        # The restarted nodes are new incarnations: they left the ISRs while
+        # fenced and rejoin once caught up; then acks=all writes succeed again.
+        wait_full_isr(cluster, "kill-all", partition)
+        leader = cluster.leader_of("kill-all", partition)
         values = [v for _, v in read_all(cluster.broker(leader), "kill-all", partition)]
         assert values == acked[partition]
-    # The restarted nodes are new incarnations: they left the ISRs while
-    # fenced and rejoin once caught up; then acks=all writes succeed again.
-    wait_full_isr(cluster, "kill-all")
     leader = cluster.leader_of("kill-all", 0)
     assert produce(cluster.broker(leader), "kill-all", 0, make_batch([b"after"])).error_code == shoal_pb2.NONE

@@ -182,7 +182,17 @@ class Node:
         if self._stopping or self.quorum is None:
             return
         image = self.image()
-        caught_up = self.quorum.is_ready()
+        # Caught up means: this process's own registration is in the image we
+        # apply. It was committed after everything the cluster decided before
+        # this process started, so the image is not the replayed past (the
+        # journal replay alone stops at the last commit index this node had
+        # persisted, which may be long stale).
+        registration = image.broker(self.node_id)
+        caught_up = (
+            self.quorum.is_ready()
+            and registration is not None
+            and registration.incarnation_id == self.incarnation_id
+        )
         self.replicas.apply_metadata(image, caught_up=caught_up)
         self.view.notify()
         if not caught_up:

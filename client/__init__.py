@@ -26,7 +26,7 @@ from client.errors import (
     ShoalError,
     WakeupError,
 )
-from client.producer import Producer
+from client.producer import Producer, RecordFuture
 from client.share_consumer import ShareConsumer
 from client.types import (
     AcknowledgeType,
@@ -52,6 +52,7 @@ __all__ = [
     "OffsetSpec",
     "Producer",
     "RecordDeserializationError",
+    "RecordFuture",
     "RecordMetadata",
     "RecordState",
     "ShareConsumer",

@@ -11,7 +11,8 @@ Theory of operation
 1. ``send`` serializes the key and value, picks a partition (murmur2 of the
    key, or the sticky partition for keyless records — :mod:`client.partitioner`)
    and appends the record to the open batch of that partition in the
-   *accumulator*. It returns a ``concurrent.futures.Future``.
+   *accumulator*. It returns a ``RecordFuture`` (the Future methods, one shared
+   Future per batch).
 2. The sender thread drains a partition's first batch when it is full
    (``batch.size``), when it has waited ``linger.ms``, or when someone flushes
    or closes. Batches of partitions led by the same node travel in one
@@ -77,13 +78,58 @@ _BATCH_OVERHEAD = batch_codec.HEADER_BYTES
 _DUPLICATE_SEQUENCE_NUMBER = 46
 
 
+class RecordFuture:
+    """The outcome of one ``send()``: a future of its RecordMetadata.
+
+    It offers the ``concurrent.futures.Future`` methods applications use
+    (``result``, ``exception``, ``done``, ``add_done_callback``, ``cancel``,
+    ``cancelled``, ``running``) but is not a Future subclass: a real Future per
+    record costs a Condition and an RLock, about a third of ``send()`` (measured
+    in docs/benchmarks.md). Every record of a batch shares the batch's one Future
+    and reads its own offset from it: base offset + its index in the batch.
+    """
+
+    __slots__ = ("_batch_future", "_tp", "_index", "_timestamp_ms")
+
+    def __init__(self, batch_future: Future[tuple[int, int]], tp: TopicPartition, index: int, timestamp_ms: int) -> None:
+        self._batch_future = batch_future
+        self._tp = tp
+        self._index = index
+        self._timestamp_ms = timestamp_ms
+
+    def result(self, timeout: float | None = None) -> RecordMetadata:
+        base_offset, log_append_time_ms = self._batch_future.result(timeout)
+        offset = base_offset + self._index if base_offset >= 0 else -1
+        timestamp = log_append_time_ms if log_append_time_ms > 0 else self._timestamp_ms
+        return RecordMetadata(self._tp.topic, self._tp.partition, offset, timestamp)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._batch_future.exception(timeout)
+
+    def done(self) -> bool:
+        return self._batch_future.done()
+
+    def running(self) -> bool:
+        return not self._batch_future.done()
+
+    def cancel(self) -> bool:
+        return False  # a queued record cannot be taken back out of its batch
+
+    def cancelled(self) -> bool:
+        return False
+
+    def add_done_callback(self, fn: Callable[[RecordFuture], object]) -> None:
+        self._batch_future.add_done_callback(lambda _future: fn(self))
+
+
 @dataclass
 class _Batch:
     tp: TopicPartition
     created_ms: int
     deadline_ms: int
     records: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]], int]] = field(default_factory=list)
-    futures: list[Future[RecordMetadata]] = field(default_factory=list)
+    #: One future for the whole batch: (base offset, log append time or -1).
+    future: Future[tuple[int, int]] = field(default_factory=Future)
     size_bytes: int = _BATCH_OVERHEAD
     encoded: bytes | None = None  # fixed at first drain; retries resend these bytes
     attempts: int = 0
@@ -158,7 +204,7 @@ class Producer:
         headers: Mapping[str, bytes | str | None] | list[tuple[str, bytes | str | None]] | None = None,
         partition: int | None = None,
         timestamp_ms: int | None = None,
-    ) -> Future[RecordMetadata]:
+    ) -> RecordFuture:
         """Queue a record for ``topic``; the future completes with its RecordMetadata.
 
         Blocks up to ``max.block.ms`` only to learn the topic's partitions or
@@ -197,7 +243,6 @@ class Producer:
             available = None if key_bytes is not None else self._conn.available_partitions(topic)
             chosen = self._partitioner.partition(topic, key_bytes, num_partitions, available)
         tp = TopicPartition(topic, chosen)
-        future: Future[RecordMetadata] = Future()
         with self._lock:
             while self._buffered_bytes + size > self._cfg["buffer.memory"] and not self._closing:
                 remaining = deadline - now_ms()
@@ -210,22 +255,30 @@ class Producer:
                 raise IllegalStateError("cannot send after the producer is closed")
             queue = self._queues.setdefault(tp, deque())
             current = queue[-1] if queue else None
-            if current is None or current.encoded is not None or current.size_bytes + size > self._batch_size and current.records:
+            new_batch = (
+                current is None
+                or current.encoded is not None
+                or current.size_bytes + size > self._batch_size and current.records
+            )
+            if new_batch:
                 now = now_ms()
                 current = _Batch(tp, now, now + self._cfg["delivery.timeout.ms"])
                 queue.append(current)
+            future = RecordFuture(current.future, tp, len(current.records), timestamp)
             current.records.append((key_bytes, value_bytes, header_list, timestamp))
-            current.futures.append(future)
             current.size_bytes += size
             self._pending_records += 1
             self._buffered_bytes += size
-            if current.size_bytes >= self._batch_size or len(queue) > 1 or self._linger_ms == 0:
+            # A new batch must wake the sender so that it re-arms its wait to
+            # linger.ms; otherwise the first record of a batch could wait for the
+            # sender's idle timeout (docs/benchmarks.md measured p99 508 ms).
+            if new_batch or current.size_bytes >= self._batch_size or len(queue) > 1 or self._linger_ms == 0:
                 self._lock.notify_all()
         if partition is None and key_bytes is None and self._custom_partitioner is None:
             self._partitioner.on_append(topic, chosen, size, num_partitions, self._conn.available_partitions(topic))
         return future
 
-    def produce(self, topic: str, value: Any = None, key: Any = None, **kwargs: Any) -> Future[RecordMetadata]:
+    def produce(self, topic: str, value: Any = None, key: Any = None, **kwargs: Any) -> RecordFuture:
         """Alias of :meth:`send` for confluent-kafka users."""
         return self.send(topic, value, key, **kwargs)
 
@@ -307,6 +360,13 @@ class Producer:
     # ------------------------------------------------------------ internals
 
     def _partitions_of(self, topic: str, deadline_ms: int) -> int:
+        try:
+            count = self._conn.partition_count(topic)
+            if count > 0:
+                return count  # the common case: known topic, no backoff needed
+        except ShoalError as exc:
+            if not exc.retriable:
+                raise
         backoff = Backoff(self._cfg["retry.backoff.ms"], self._cfg["retry.backoff.max.ms"])
         while True:
             try:
@@ -556,10 +616,7 @@ class Producer:
             self._records_sent += len(batch.records)
             self._batches_sent += 1
             self._bytes_sent += len(batch.encoded or b"")
-        for i, (future, record) in enumerate(zip(batch.futures, batch.records)):
-            offset = base_offset + i if base_offset >= 0 else -1
-            timestamp = log_append_time_ms if log_append_time_ms > 0 else record[3]
-            future.set_result(RecordMetadata(batch.tp.topic, batch.tp.partition, offset, timestamp))
+        batch.future.set_result((base_offset, log_append_time_ms))
 
     def _fail(self, batch: _Batch, exc: ShoalError) -> None:
         new_id_needed = False
@@ -581,6 +638,5 @@ class Producer:
                 self._producer_id = -1
         with self._metrics_lock:
             self._record_errors += len(batch.records)
-        for future in batch.futures:
-            if not future.done():
-                future.set_exception(exc)
+        if not batch.future.done():
+            batch.future.set_exception(exc)

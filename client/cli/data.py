@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from concurrent.futures import Future
 
 import click
 from rich.progress import Progress, SpinnerColumn, TextColumn
@@ -12,7 +11,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 from client.cli._common import CliContext, display, handle_errors, pass_ctx
 from client.consumer import Consumer
 from client.errors import RecordDeserializationError, ShoalError
-from client.producer import Producer
+from client.producer import Producer, RecordFuture
 from client.share_consumer import ShareConsumer
 from client.types import AcknowledgeType, ConsumerRecord, RecordMetadata, TopicPartition
 
@@ -34,7 +33,7 @@ def produce(ctx: CliContext, topic: str, key_separator: str | None, acks: str, p
     )
     if acks != "all" and acks != "-1":
         config["enable.idempotence"] = False
-    futures: list[Future[RecordMetadata]] = []
+    futures: list[RecordFuture] = []
     show_progress = sys.stderr.isatty() and not ctx.json
     with Producer(config) as producer, Progress(
         SpinnerColumn(), TextColumn("{task.description}"), console=ctx.err_console, disable=not show_progress, transient=True

@@ -54,6 +54,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+class RetriableFetchError(AssertionError):
+    """A raw fetch failed with a code that a retry may clear (leadership moving)."""
+
+
+RETRIABLE_FETCH_CODES = frozenset(
+    {
+        shoal_pb2.NOT_LEADER_OR_FOLLOWER,
+        shoal_pb2.LEADER_NOT_AVAILABLE,
+        shoal_pb2.UNKNOWN_LEADER_EPOCH,
+        shoal_pb2.FENCED_LEADER_EPOCH,
+        shoal_pb2.UNKNOWN_TOPIC_OR_PARTITION,
+    }
+)
+
+
 def wait_until(condition: Callable[[], T], timeout_s: float, what: str, interval_s: float = 0.05) -> T:
     """Poll ``condition`` until it returns something truthy; raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout_s
@@ -63,7 +78,7 @@ def wait_until(condition: Callable[[], T], timeout_s: float, what: str, interval
             result = condition()
             if result:
                 return result
-        except (grpc.RpcError, OSError) as exc:
+        except (grpc.RpcError, OSError, RetriableFetchError) as exc:
             last_error = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_error})" if last_error else ""
@@ -530,7 +545,8 @@ def read_all(stub: shoal_pb2_grpc.BrokerStub, topic: str, partition: int, start:
     while True:
         data = fetch(stub, topic, partition, offset)
         if data.error_code != shoal_pb2.NONE:
-            raise AssertionError(f"fetch failed: {shoal_pb2.ErrorCode.Name(data.error_code)} {data.error_message}")
+            error_class = RetriableFetchError if data.error_code in RETRIABLE_FETCH_CODES else AssertionError
+            raise error_class(f"fetch failed: {shoal_pb2.ErrorCode.Name(data.error_code)} {data.error_message}")
         if not data.records:
             return out
         decoded = [item for item in decode_values(data.records) if item[0] >= offset]

@@ -11,6 +11,9 @@ Rules
   through the quorum, retried until a controller answers), then heartbeat the
   active controller. A registration starts fenced; the controller unfences the
   broker on a heartbeat once the previous incarnation's leaderships are gone.
+* The node acts on metadata (leads, follows, deletes logs) only once the
+  image contains this incarnation's own registration: before that it is the
+  replayed past, and leading from it would serve epochs long gone.
 * Shutdown order (SIGTERM): controlled shutdown (heartbeat with
   ``want_shutdown`` until the controller says no partition is led here, at
   most ``controlled.shutdown.timeout.ms``), stop the controller loop, stop the

@@ -444,6 +444,32 @@ class ShareConsumer:
             if self._exporter is not None:
                 self._exporter.close()
 
+    def abort(self) -> None:
+        """Crash without leaving: a testing and chaos aid, not for applications.
+
+        Stops the heartbeat and drops every connection at once, without sending
+        acknowledgements, closing the share sessions or leaving the group, as if
+        the process had died. The broker has to find out by itself: the records
+        this member holds stay acquired until their acquisition locks expire, and
+        the group coordinator removes the member after share.session.timeout.ms.
+        Acknowledgements not yet sent are dropped. Afterwards the consumer is
+        closed; ``close()`` does nothing more.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._heartbeat_stop.set()
+        self._heartbeat_wake.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(timeout=5)
+            self._heartbeat_thread = None
+        # No waiting for queued work: a pending commit_async must not reach the broker.
+        self._async_pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._conn.close()
+        if self._exporter is not None:
+            self._exporter.close()
+
     def __enter__(self) -> ShareConsumer:
         return self
 
@@ -813,6 +839,7 @@ class ShareConsumer:
                         ConsumerRecord(
                             tp.topic, tp.partition, record.offset, record.timestamp_ms, key, value,
                             list(record.headers), acquired[record.offset], data.leader_epoch or header.leader_epoch,
+                            node_id,
                         ),
                     )
                 )

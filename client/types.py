@@ -87,6 +87,9 @@ class ConsumerRecord(_Printable):
     """A record returned by ``Consumer.poll`` or ``ShareConsumer.poll``.
 
     ``delivery_count`` is set by share consumers only (1 on the first delivery).
+    ``node_id`` is also set by share consumers only: the node whose share session
+    acquired the record, which is where its acknowledgement goes (a record of one
+    partition may come from a former leader after a leader change).
     """
 
     topic: str
@@ -98,6 +101,7 @@ class ConsumerRecord(_Printable):
     headers: list[tuple[str, bytes]] = field(default_factory=list)
     delivery_count: int | None = None
     leader_epoch: int | None = None
+    node_id: int | None = None
 
     @property
     def topic_partition(self) -> TopicPartition:

@@ -23,7 +23,7 @@ only if its fetch was invoked after the ACCEPT completed.
 | offset-regression              | I4  | produce B invoked after produce A completed, on one partition, got an offset not above A's. |
 | resurrection                   | I5  | a fetch invoked after an ACCEPT/REJECT of the record completed ok returned the record again, or the record ends non-terminal. |
 | double-grant                   | I6  | one delivery count of one record delivered by two fetches. |
-| lock-overlap-suspect (warning) | I6  | a second delivery that certainly completed before the first one's lock could have expired (`fetch2.complete < fetch1.invoke + lock_duration - slack`), with no ack, leave, crash, nemesis event or leader change of the holder or partition in between. A warning only: mutual exclusion is a broker-side property that needs the broker trace to prove. |
+| lock-overlap-suspect (warning) | I6  | of two deliveries of a record, the one with the higher delivery count (the later grant, whatever the fetch invoke order) certainly completed before the lower count's lock could have expired (`fetch2.complete < fetch1.invoke + lock_duration - slack`), with no ack, leave, crash, nemesis event or leader change of the holder or partition in between. A warning only: mutual exclusion is a broker-side property that needs the broker trace to prove. |
 | delivery-count-out-of-range    | I7  | a delivery count below 1 or above the delivery limit. |
 | delivery-count-regression      | I7  | a delivery certainly after another carries a lower delivery count. |
 | start-offset-regression        | I8  | one node's sampled share-partition start offset moved backwards. |
@@ -695,11 +695,23 @@ class _Analysis:
                         found["lock-overlap-suspect"].append(_evidence(pair_ops, **pair_fields))
         return found
 
-    def _lock_overlap(self, first: Delivery, second: Delivery) -> bool:
-        # `first` was invoked no later than `second`. Its lock was granted no earlier
-        # than its invoke, so it is certainly valid until invoke + lock duration; the
-        # second grant happened no later than its completion.
+    def _lock_overlap(self, one: Delivery, other: Delivery) -> bool:
+        # The pair is ordered by delivery count, not by fetch invoke time: the broker
+        # raises the count on every acquisition, so the lower count was granted first.
+        # Fetches overlap in time (a poll is a long fetch with several rounds), so
+        # the later grant's fetch may well have been invoked first: member B's poll
+        # starts, member A's poll gets count 1 and RELEASEs it, then B's still-running
+        # poll acquires count 2. Ordered by invoke time that looked like B holding
+        # count 2 while A was granted count 1, a false overlap with no release by B.
+        # Equal counts are double grants and regressions are reported elsewhere; here
+        # ties keep the invoke order.
+        first, second = (one, other) if one.delivery_count <= other.delivery_count else (other, one)
+        # `first` was granted first. Its lock was granted no earlier than its invoke,
+        # so it is certainly valid until invoke + lock duration; the second grant
+        # happened no later than its completion.
         window_end_ns = second.fetch.complete_ns
+        if window_end_ns <= first.fetch.invoke_ns:
+            return False  # The higher count came first: a delivery-count-regression, not an overlap.
         if window_end_ns >= first.fetch.invoke_ns + self.lock_duration_ns - self.lock_slack_ns:
             return False
         if first.leader_epoch != second.leader_epoch or first.fetch.node != second.fetch.node:

@@ -352,6 +352,35 @@ def test_lock_overlap_is_explained_by_a_release_leave_or_failover(between: str) 
     assert flagged(run_check(run)) == set()
 
 
+def _overlapping_polls(release: bool) -> Run:
+    """Member m2's poll is invoked first and runs long; m1's poll, invoked later, gets
+    delivery count 1 and (if `release`) RELEASEs it; m2's poll then returns count 2."""
+    run = Run()
+    run.produce(0, "P1-0", 0)
+    run._append("m2", "invoke", "share_fetch", {"member": "m2"})
+    run._append("m1", "invoke", "share_fetch", {"member": "m1"})
+    row = {"partition": 0, "offset": 0, "value": "P1-0", "member": "m1", "lock_deadline_ms": None, "leader_epoch": 1}
+    run._append("m1", "ok", "share_fetch", {"records": [{**row, "delivery_count": 1}]}, "n1")
+    if release:
+        run.ack("m1", [(0, 0, "RELEASE")])
+    run.tick(LOCK_MS // 4)
+    run._append("m2", "ok", "share_fetch", {"records": [{**row, "member": "m2", "delivery_count": 2}]}, "n1")
+    run.ack("m2", [(0, 0, "ACCEPT")])
+    run.dumps({0: "P1-0"}, start_offset=1)
+    return run
+
+
+def test_lock_overlap_orders_a_pair_by_delivery_count_not_by_invoke_time() -> None:
+    # Count 2 was granted after m1 released count 1, although m2's fetch was invoked
+    # before m1's: no overlap. (Ordered by invoke time this was flagged, because m2,
+    # the "first" holder, never released anything.)
+    assert flagged(run_check(_overlapping_polls(release=True))) == set()
+    # Without the release, count 2 was granted while count 1's lock was still valid.
+    result = run_check(_overlapping_polls(release=False))
+    assert flagged(result) == {"lock-overlap-suspect"}
+    assert result.anomalies["lock-overlap-suspect"][0]["delivery_counts"] in ([1, 2], [2, 1])
+
+
 def test_delivery_count_above_the_limit() -> None:
     run = Run()
     run.produce(0, "P1-0", 0)

@@ -452,7 +452,9 @@ class Workload:
                 if not records:
                     continue
                 if not draining and rng.random() < self.config.crash_probability:
-                    _abandon(consumer)
+                    # A member crash: no acknowledgement, no session close, no leave;
+                    # the broker must notice by itself (lock expiry, session timeout).
+                    consumer.abort()
                     self.recorder.event("crash", {"member": member, "name": name}, process=name)
                     ended = "crashed"
                     return
@@ -507,7 +509,7 @@ class Workload:
         by_node: dict[int, list[dict[str, Any]]] = {node_id: [] for node_id in self.node_ids}
         unattributed = []
         for record in records:
-            node_id = _delivering_node(consumer, record)
+            node_id = record.node_id
             entry = {
                 "partition": record.partition,
                 "offset": record.offset,
@@ -533,7 +535,7 @@ class Workload:
     ) -> None:
         by_node: dict[int | None, list[tuple[Any, AcknowledgeType]]] = {}
         for record, decision in decisions:
-            by_node.setdefault(_delivering_node(consumer, record), []).append((record, decision))
+            by_node.setdefault(record.node_id, []).append((record, decision))
             consumer.acknowledge(record, decision)
         handles = {
             node_id: self.recorder.invoke(
@@ -677,24 +679,3 @@ def _new_topic(name: str, partitions: int) -> Any:
 
     return NewTopic(name=name, num_partitions=partitions, replication_factor=3)
 
-
-def _delivering_node(consumer: ShareConsumer, record: Any) -> int | None:
-    # The client keeps, per delivered record, the node whose share session acquired
-    # it (acknowledgements must go back there). It is not public API yet; see the
-    # chaos report's request for a `ConsumerRecord.node_id`.
-    entry = consumer._book.delivered.get((TopicPartition(record.topic, record.partition), record.offset))
-    return entry[0] if entry is not None else None
-
-
-def _abandon(consumer: ShareConsumer) -> None:
-    """A member crash: stop heartbeating and drop the connections without leaving the
-    group or closing the share sessions, so the broker must notice by itself (lock
-    expiry, session timeout). The client has no public abort; this reaches inside it."""
-    consumer._heartbeat_stop.set()
-    consumer._heartbeat_wake.set()
-    if consumer._heartbeat_thread is not None:
-        consumer._heartbeat_thread.join(timeout=5)
-    consumer._closed = True
-    consumer._pool.shutdown(wait=False, cancel_futures=True)
-    consumer._async_pool.shutdown(wait=False, cancel_futures=True)
-    consumer._conn.close()

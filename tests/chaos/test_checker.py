@@ -500,6 +500,21 @@ def test_stale_ack_that_fails_is_correct() -> None:
     assert result.stats["coverage_counts"]["failed_acks"] == 1
 
 
+def test_only_acks_refused_as_stale_count_for_the_failed_acks_gate() -> None:
+    # A lost share session refuses the ack too, but says nothing about stale-ack fencing.
+    run = Run()
+    run.produce(0, "P1-0", 0)
+    run.fetch("m1", [(0, 0, "P1-0", 1)])
+    run.ack("m1", [(0, 0, "ACCEPT")], results=["fail:SHARE_SESSION_NOT_FOUND"])
+    run.tick(LOCK_MS)
+    run.settle("m2", [(0, 0, "P1-0", 2)])
+    run.dumps({0: "P1-0"}, start_offset=1)
+    result = run_check(run, coverage_gates={"failed_acks": 1})
+    assert flagged(result) == set()
+    assert result.stats["coverage_counts"]["failed_acks"] == 0
+    assert result.valid == "invalid"
+
+
 def test_ack_accepted_for_a_record_never_delivered_to_the_member() -> None:
     run = Run()
     run.produce(0, "P1-0", 0)

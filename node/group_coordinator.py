@@ -135,6 +135,12 @@ class GroupCoordinator:
         self._settings_cache: dict[str, tuple[int, EffectiveShareSettings]] = {}
         self._background: set[asyncio.Task] = set()
         self.expired_members_total = 0
+        #: Group-epoch bumps per group type ("share", "consumer") that became durable
+        #: on this node: the sum of the shards' ``rebalance_counts`` deltas at each
+        #: committed round. Kept here because a shard's counts die with it on unload.
+        self.rebalances_total: dict[str, int] = {"share": 0, "consumer": 0}
+        #: partition -> the shard's ``rebalance_counts`` already added to the total.
+        self._rebalances_seen: dict[int, dict[str, int]] = {}
 
     def start(self) -> None:
         self._cluster.add_metadata_listener(self._on_metadata)
@@ -156,14 +162,32 @@ class GroupCoordinator:
     # ------------------------------------------------------------------ shard lifecycle, timers, metadata
 
     def _on_loaded(self, partition: int, shard: GroupCoordinatorShard) -> None:
+        # Replaying the log does not bump epochs; a fresh shard's counts are the baseline.
+        self._rebalances_seen[partition] = {str(t): n for t, n in shard.rebalance_counts.items()}
         self._spawn(self._install_topics(partition))
 
     def _on_unloaded(self, partition: int) -> None:
+        self._rebalances_seen.pop(partition, None)
         entry = self._timers.pop(partition, None)
         if entry is not None:
             entry[1].cancel()
 
+    def _count_rebalances(self, partition: int, shard: GroupCoordinatorShard) -> None:
+        """Add the epoch bumps of the rounds committed since the last call.
+
+        Called only after a round's records are durable, so the bumps of a round
+        whose append failed (the runtime reloads that shard) are never counted.
+        """
+        seen = self._rebalances_seen.setdefault(partition, {})
+        for group_type, count in shard.rebalance_counts.items():
+            name = str(group_type)
+            delta = count - seen.get(name, 0)
+            if delta > 0:
+                self.rebalances_total[name] = self.rebalances_total.get(name, 0) + delta
+            seen[name] = count
+
     def _on_committed(self, partition: int, shard: GroupCoordinatorShard) -> None:
+        self._count_rebalances(partition, shard)
         deadline_ms = shard.next_deadline_ms()
         entry = self._timers.get(partition)
         if entry is not None and entry[0] == deadline_ms:

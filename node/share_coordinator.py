@@ -45,7 +45,8 @@ from coordinator.share_state import (
     record_key_bytes,
 )
 from node.coordinator_runtime import CoordinatorRuntime
-from node.interfaces import SHARE_STATE_TOPIC, LocalPartitions, share_state_key
+from node.interfaces import SHARE_STATE_TOPIC, LocalPartitions, monotonic_ms, share_state_key
+from node.metrics import WRITE_BUCKETS_S, LatencyRecorder
 from proto import shoal_pb2
 
 log = logging.getLogger("node.share_coordinator")
@@ -127,6 +128,8 @@ class ShareCoordinator:
         # Counters for metrics.
         self.writes_total = 0
         self.write_failures_total = 0
+        #: Successful writes, from scheduling until durable (acks=-1 on the state partition).
+        self.write_latency = LatencyRecorder(WRITE_BUCKETS_S)
         self.cold_snapshots_total = 0
         self.last_pruned_offset: dict[int, int] = {}
 
@@ -164,11 +167,13 @@ class ShareCoordinator:
             return shard.write(key, state_epoch, leader_epoch, start_offset, delivery_complete_count, batches), None
 
         self.writes_total += 1
+        started_ms = monotonic_ms()
         try:
             await self.runtime.schedule(self._partition(key), op, frozenset({key}))
         except OperatingError:
             self.write_failures_total += 1
             raise
+        self.write_latency.observe_ms(monotonic_ms() - started_ms)
 
     async def initialize(self, key: ShareKey, state_epoch: int, start_offset: int) -> None:
         def op(shard: ShareCoordinatorShard) -> tuple[list, None]:

@@ -48,13 +48,44 @@ Rules
 
 Theory of operation
 -------------------
-A ShareFetch (1) validates the session, (2) applies piggybacked
-acknowledgements per partition, each atomic, (3) acquires: for each partition
-of the session it reads whole batches from ``next_fetch_offset()`` below the
-high watermark, calls ``acquire`` and waits for that write; (4) if nothing was
-acquired it parks until the high watermark of one of its partitions moves,
+A ShareFetch (1) validates the session and resolves (loads if needed) every
+share partition it names, all at once; (2) applies piggybacked
+acknowledgements in memory, per partition, each atomic, keeping the future of
+each one's write; (3) acquires, in memory too: for each partition of the
+session it reads whole batches from ``next_fetch_offset()`` below the high
+watermark and calls ``acquire``, keeping that write's future; (4) if nothing
+was acquired it parks until the high watermark of one of its partitions moves,
 records of one of them become available again (release, expiry, reload), or
-``max_wait_ms`` passes, then tries once more.
+``max_wait_ms`` passes, then tries once more; (5) only then awaits every
+future it collected, together, and answers (rule 2 holds for the answer: an
+acknowledgement whose write failed reports the error, records whose
+acquisition write failed are withheld and their partition gets the error).
+
+Why (5) waits once instead of after each step: all the changes of one request
+to one share partition are queued before its writer runs, so rule 3 merges
+them into one state write, and the persister puts the writes of all its
+partitions for one coordinator node into one RPC. A fetch that acknowledges
+and acquires costs one durable round trip, not one for the acknowledgements
+plus one per partition. Applying in memory first is safe because nothing is
+visible before (5), a failed write drops the share partition with every
+change queued behind it (rule 4), and per-offset-maximum merging makes the
+combined write exactly the sum of its parts. ShareAcknowledge does the same
+for several partitions.
+
+Test-only switches
+------------------
+Planted bugs for the chaos suite's mutation gate (tests/chaos/test_mutations.py),
+read once at import from the environment (any value but empty or "0" turns
+one on); never set them outside that gate:
+
+* ``SHOAL_BUG_NO_DURABLE_SHARE_STATE``: acknowledgements are answered without
+  issuing their state write.
+* ``SHOAL_BUG_STALE_ACKS``: acknowledgements are applied as if sent by the
+  records' current holder under a valid lock (no holder or lock check).
+* ``SHOAL_BUG_START_OFFSET_NOT_PERSISTED``: a load ignores the persisted start
+  offset and starts at the log start offset.
+* ``SHOAL_BUG_DELIVERY_COUNT_NOT_RAISED_AFTER_FAILOVER``: a load lowers every
+  persisted non-terminal delivery count by one.
 
 A subtle race, and why acquisition waits for its write::
 
@@ -72,6 +103,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable
 
@@ -92,6 +124,7 @@ from coordinator.share_partition import (
 )
 from coordinator.share_state import PersistedBatch, ShareKey
 from node.interfaces import ClusterView, LeadershipChange, LocalPartitions, monotonic_ms, wall_ms
+from node.metrics import LOAD_BUCKETS_S, LatencyRecorder
 from node.share_persister import SharePersister
 from proto import batch as batch_codec
 from proto import shoal_pb2
@@ -112,6 +145,18 @@ _EPOCH_MAX = 2**31 - 1
 _FENCED_CODES = frozenset(
     {ErrorCode.FENCED_STATE_EPOCH, ErrorCode.FENCED_LEADER_EPOCH, ErrorCode.NOT_LEADER_OR_FOLLOWER}
 )
+
+
+
+def _switch(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+# Test-only switches (module docstring): deliberate bugs for the mutation gate.
+BUG_NO_DURABLE_SHARE_STATE = _switch("SHOAL_BUG_NO_DURABLE_SHARE_STATE")
+BUG_STALE_ACKS = _switch("SHOAL_BUG_STALE_ACKS")
+BUG_START_OFFSET_NOT_PERSISTED = _switch("SHOAL_BUG_START_OFFSET_NOT_PERSISTED")
+BUG_DELIVERY_COUNT_NOT_RAISED_AFTER_FAILOVER = _switch("SHOAL_BUG_DELIVERY_COUNT_NOT_RAISED_AFTER_FAILOVER")
 
 
 def partition_settings(settings: EffectiveShareSettings) -> SharePartitionSettings:
@@ -152,6 +197,9 @@ class _Holder:
         self.epoch_check: asyncio.Task | None = None
         #: Set (and replaced) whenever records may have become acquirable.
         self.available = asyncio.Event()
+        #: Record counts of this share partition's changes (``Change.counts`` keys),
+        #: read by node/metrics.py for the per-partition counters.
+        self.counts: dict[str, int] = {}
 
     @property
     def topic_partition(self) -> TopicPartition:
@@ -176,6 +224,19 @@ class _Acquired:
     records: bytes
     ranges: list[AcquiredRange]
     write: asyncio.Future | None
+
+
+@dataclass
+class _AckResult:
+    """One partition's acknowledgements: applied in memory, answered once ``write`` is durable."""
+
+    code: int = 0
+    message: str = ""
+    write: asyncio.Future | None = None
+
+
+#: A share partition resolved for a request, or why it could not be.
+_Resolved = _Holder | OperatingError
 
 
 class ShareManager:
@@ -215,6 +276,7 @@ class ShareManager:
         self.acknowledge_failures_total = 0
         self.loads_total = 0
         self.last_load_time_ms = 0
+        self.load_time = LatencyRecorder(LOAD_BUCKETS_S)
         self.state_writes_total = 0
         self.state_write_failures_total = 0
         self.state_write_latency_ms_sum = 0
@@ -252,7 +314,9 @@ class ShareManager:
     def _on_log_start(self, topic: str, partition: int, log_start_offset: int) -> None:
         for holder in list(self._holders.values()):
             if holder.topic_partition == (topic, partition) and holder.partition is not None:
-                self._apply(holder, holder.partition.update_log_start_offset(log_start_offset))
+                change = holder.partition.update_log_start_offset(log_start_offset)
+                self._count(change, holder)
+                self._apply(holder, change)
                 holder.notify()
 
     # ------------------------------------------------------------------ holders
@@ -362,12 +426,15 @@ class ShareManager:
         holder.state_epoch = state_epoch
         holder.settings = settings
         holder.partition = partition
-        self._count(partition.load_change)
+        self._count(partition.load_change, holder)
         self._apply(holder, partition.load_change)
         log_start = self._local.log_start_offset(key.topic, key.partition)
-        self._apply(holder, partition.update_log_start_offset(log_start))
+        change = partition.update_log_start_offset(log_start)
+        self._count(change, holder)
+        self._apply(holder, change)
         self.loads_total += 1
         self.last_load_time_ms = monotonic_ms() - started_ms
+        self.load_time.observe_ms(self.last_load_time_ms)
 
     async def _read_or_initialize(
         self, holder: _Holder, settings: EffectiveShareSettings
@@ -380,7 +447,20 @@ class ShareManager:
                     StateBatch(b.first_offset, b.last_offset, RecordState(b.state), b.delivery_count)
                     for b in result.batches
                 ]
-                return result.state_epoch, result.start_offset, batches
+                start_offset = result.start_offset
+                if BUG_START_OFFSET_NOT_PERSISTED:
+                    # Deliberate, test-only bug (mutation gate): forget the durable
+                    # start offset, so settled records below it come back.
+                    start_offset = self._local.log_start_offset(key.topic, key.partition)
+                if BUG_DELIVERY_COUNT_NOT_RAISED_AFTER_FAILOVER:
+                    # Deliberate, test-only bug (mutation gate): the failover loses the
+                    # last delivery, so a count is handed out twice.
+                    batches = [
+                        StateBatch(b.first_offset, b.last_offset, b.state, b.delivery_count - 1)
+                        if b.state == RecordState.AVAILABLE and b.delivery_count > 0 else b
+                        for b in batches
+                    ]
+                return result.state_epoch, start_offset, batches
             start_offset = await self._reset_offset(key.topic, key.partition, settings)
             try:
                 # share_state.py: a key never initialized accepts its recorded state epoch.
@@ -416,13 +496,17 @@ class ShareManager:
         holder.settings = settings
         if new_partition_settings != holder.partition.settings:
             change = holder.partition.update_settings(new_partition_settings)
-            self._count(change)
+            self._count(change, holder)
             self._apply(holder, change)
 
     # ------------------------------------------------------------------ changes, writes, timers
 
-    def _count(self, change: Change) -> None:
+    def _count(self, change: Change, holder: _Holder) -> None:
+        """Add the change's record counts to the node totals and to the share partition's."""
         counts = change.counts
+        if counts:
+            for name, amount in counts.items():
+                holder.counts[name] = holder.counts.get(name, 0) + amount
         self.acquired_records_total += counts.get("acquired", 0)
         for name in ("accept", "release", "reject", "gap", "renew"):
             if counts.get(name):
@@ -506,7 +590,7 @@ class ShareManager:
             self._arm_timer(holder)  # the loop woke a little early
             return
         change = holder.partition.expire(now_ms)
-        self._count(change)
+        self._count(change, holder)
         future = self._apply(holder, change)
         # The expiry is in effect whether or not its write succeeds (rule 5);
         # a failed write drops the holder, which logs it.
@@ -521,7 +605,7 @@ class ShareManager:
                 continue
             change = holder.partition.release_member(member_id, now_ms)
             if change.counts:
-                self._count(change)
+                self._count(change, holder)
                 future = self._apply(holder, change)
                 future.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
                 holder.notify()
@@ -586,6 +670,54 @@ class ShareManager:
                     log.info("share session of %s/%s expired after %s ms idle", key[0], key[1], timeout_ms)
                     self.release_member(session.group_id, session.member_id)
 
+    # ------------------------------------------------------------------ resolve, settle
+
+    async def _resolve(self, group_id: str, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, _Resolved]:
+        """Every named share partition, loaded (concurrently), or the error that prevented it.
+
+        Resolving all of them before changing any keeps the in-memory changes of
+        one request together, so that they reach each writer in one batch.
+        """
+        wanted = sorted(set(partitions))
+        found = await asyncio.gather(*(self._holder(group_id, t, p) for t, p in wanted), return_exceptions=True)
+        out: dict[TopicPartition, _Resolved] = {}
+        for tp, result in zip(wanted, found):
+            if isinstance(result, (_Holder, OperatingError)):
+                out[tp] = result
+            else:  # cancellation or a programmer error: not a per-partition answer
+                raise result
+        return out
+
+    @staticmethod
+    def _usable(resolved: _Resolved | None, tp: TopicPartition) -> _Holder:
+        """The holder, or raise why this partition cannot be served (it may have moved since resolving)."""
+        if isinstance(resolved, OperatingError):
+            raise resolved
+        if resolved is None or resolved.dropped or resolved.partition is None:
+            raise OperatingError(
+                ErrorCode.NOT_LEADER_OR_FOLLOWER, f"share partition {tp[0]}-{tp[1]} moved; refresh metadata and retry"
+            )
+        return resolved
+
+    @staticmethod
+    async def _settle(futures: Iterable[asyncio.Future | None]) -> None:
+        """Wait until every write completed (either way); callers read each outcome."""
+        pending = [f for f in futures if f is not None and not f.done()]
+        if pending:
+            await asyncio.wait(pending)
+
+    @staticmethod
+    def _write_error(future: asyncio.Future | None) -> OperatingError | None:
+        """Why a completed write failed, or None if it is durable."""
+        if future is None:
+            return None
+        error = future.exception()
+        if error is None:
+            return None
+        if isinstance(error, OperatingError):
+            return error
+        raise error
+
     # ------------------------------------------------------------------ acknowledge
 
     @staticmethod
@@ -605,24 +737,55 @@ class ShareManager:
             out.append(AcknowledgementBatch(batch.first_offset, batch.last_offset, types))
         return out
 
-    async def acknowledge_partition(
-        self, group_id: str, member_id: str, topic: str, partition: int,
+    def _acknowledge(
+        self, resolved: _Resolved | None, member_id: str, tp: TopicPartition,
         batches: Iterable[shoal_pb2.AcknowledgementBatch],
-    ) -> tuple[int, str]:
-        """Apply one partition's acknowledgements atomically; (error code, message) once durable."""
+    ) -> _AckResult:
+        """Apply one partition's acknowledgements atomically in memory; the result's write makes them durable."""
         try:
             ack_batches = self._ack_batches(batches)
-            holder = await self._holder(group_id, topic, partition)
+            holder = self._usable(resolved, tp)
             assert holder.partition is not None
-            change = holder.partition.acknowledge(member_id, ack_batches, monotonic_ms())
-            self._count(change)
+            if BUG_STALE_ACKS:
+                change = self._acknowledge_as_current_holder(holder.partition, member_id, ack_batches)
+            else:
+                change = holder.partition.acknowledge(member_id, ack_batches, monotonic_ms())
+            self._count(change, holder)
+            if BUG_NO_DURABLE_SHARE_STATE:
+                # Deliberate, test-only bug (mutation gate): the acknowledgement
+                # takes effect and is answered, but its state write is never issued.
+                change = Change(None, change.counts)
             future = self._apply(holder, change)
             holder.notify()
-            await future
         except OperatingError as error:
-            self.acknowledge_failures_total += 1
-            return int(error.code), error.message
-        return 0, ""
+            return _AckResult(int(error.code), error.message)
+        return _AckResult(write=future)
+
+    @staticmethod
+    def _acknowledge_as_current_holder(
+        partition: SharePartition, member_id: str, batches: list[AcknowledgementBatch]
+    ) -> Change:
+        """Deliberate, test-only bug (SHOAL_BUG_STALE_ACKS): skip the holder and lock checks.
+
+        The acknowledgement is applied in the name of whoever holds the first
+        acknowledged acquired offset, at a time before that hold's lock deadline.
+        """
+        ranges = [(b.first_offset, b.last_offset) for b in batches]
+        for first, last, state, _, holder_id, deadline_ms in partition.runs():
+            if state != RecordState.ACQUIRED or holder_id is None or deadline_ms is None:
+                continue
+            if any(first <= high and low <= last for low, high in ranges):
+                return partition.acknowledge(holder_id, batches, min(monotonic_ms(), deadline_ms - 1))
+        return partition.acknowledge(member_id, batches, monotonic_ms())
+
+    def _finish_acks(self, results: list[_AckResult]) -> None:
+        """After ``_settle``: a failed write turns its acknowledgement into that error."""
+        for result in results:
+            error = self._write_error(result.write)
+            if error is not None:
+                result.code, result.message = int(error.code), error.message
+            if result.code:
+                self.acknowledge_failures_total += 1
 
     async def ShareAcknowledge(self, request: shoal_pb2.ShareAcknowledgeRequest) -> shoal_pb2.ShareAcknowledgeResponse:
         self.acknowledge_requests_total += 1
@@ -649,24 +812,28 @@ class ShareManager:
         else:
             session.epoch = _next_epoch(session.epoch)
         session.last_used_ms = monotonic_ms()
-        results = await asyncio.gather(*(
-            self.acknowledge_partition(request.group_id, request.member_id, p.topic, p.partition,
-                                       p.acknowledgement_batches)
+        resolved = await self._resolve(request.group_id, ((p.topic, p.partition) for p in request.partitions))
+        # Apply every partition's acknowledgements, then wait for all their writes at once.
+        results = [
+            self._acknowledge(resolved.get((p.topic, p.partition)), request.member_id, (p.topic, p.partition),
+                              p.acknowledgement_batches)
             for p in request.partitions
-        ))
+        ]
+        if epoch == -1:
+            self.release_member(request.group_id, request.member_id)
+        await self._settle(r.write for r in results)
+        self._finish_acks(results)
         response = shoal_pb2.ShareAcknowledgeResponse()
         lock_ms = 0
-        for part, (code, message) in zip(request.partitions, results):
-            out = response.partitions.add(topic=part.topic, partition=part.partition, error_code=code,
-                                          error_message=message)
-            if code in (ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.FENCED_LEADER_EPOCH):
+        for part, result in zip(request.partitions, results):
+            out = response.partitions.add(topic=part.topic, partition=part.partition, error_code=result.code,
+                                          error_message=result.message)
+            if result.code in (ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.FENCED_LEADER_EPOCH):
                 self._leader_hint(out.current_leader, part.topic, part.partition)
             holder = self._holders.get(ShareKey(request.group_id, part.topic, part.partition))
             if holder is not None and holder.settings is not None:
                 lock_ms = holder.settings.record_lock_duration_ms
         response.acquisition_lock_timeout_ms = lock_ms
-        if epoch == -1:
-            self.release_member(request.group_id, request.member_id)
         return response
 
     def _leader_hint(self, hint: shoal_pb2.LeaderHint, topic: str, partition: int) -> None:
@@ -679,26 +846,32 @@ class ShareManager:
 
     # ------------------------------------------------------------------ fetch
 
-    async def _acquire(
+    def _acquire(
         self, holder: _Holder, member_id: str, max_records: int, max_bytes: int, mode: AcquireMode
     ) -> _Acquired:
+        """Acquire in memory; the result's write (if any) must be durable before its records are returned."""
         partition = holder.partition
         assert partition is not None
         topic, index = holder.topic_partition
+        writes: list[asyncio.Future] = []
         log_start = self._local.log_start_offset(topic, index)
         if partition.start_offset < log_start:
-            self._apply(holder, partition.update_log_start_offset(log_start))
+            change = partition.update_log_start_offset(log_start)
+            self._count(change, holder)
+            writes.append(self._apply(holder, change))
         fetch_offset = partition.next_fetch_offset()
-        if fetch_offset >= self._local.high_watermark(topic, index) or not partition.can_acquire():
-            return _Acquired(b"", [], None)
-        data = self._local.read(topic, index, fetch_offset, max(1, min(max_bytes, PARTITION_READ_BYTES_MAX)))
+        data = b""
+        if fetch_offset < self._local.high_watermark(topic, index) and partition.can_acquire():
+            data = self._local.read(topic, index, fetch_offset, max(1, min(max_bytes, PARTITION_READ_BYTES_MAX)))
         if not data:
-            return _Acquired(b"", [], None)
+            # Both writes of one partition go through its writer in order, so the
+            # last one completing means both are durable.
+            return _Acquired(b"", [], writes[-1] if writes else None)
         view = memoryview(data)
         batches = [(pos, header) for pos, header in batch_codec.iter_batches(view)]
         bounds = [(header.base_offset, header.last_offset) for _, header in batches]
         ranges, change = partition.acquire(member_id, bounds, max_records, mode, monotonic_ms())
-        self._count(change)
+        self._count(change, holder)
         future = self._apply(holder, change)
         if not ranges:
             return _Acquired(b"", [], future)
@@ -726,58 +899,93 @@ class ShareManager:
                 out[tp] = shoal_pb2.ShareFetchPartitionData(topic=tp[0], partition=tp[1])
             return out[tp]
 
-        # (2) Acknowledgements first, each partition atomic.
+        # (1) Resolve every partition the request touches, (2) apply the
+        # acknowledgements in memory, each partition atomic.
         acking = [p for p in request.partitions if p.acknowledgement_batches]
-        results = await asyncio.gather(*(
-            self.acknowledge_partition(group_id, member_id, p.topic, p.partition, p.acknowledgement_batches)
+        closing = request.share_session_epoch == -1
+        wanted = [(p.topic, p.partition) for p in acking]
+        if not closing:
+            wanted += list(session.partitions)
+        resolved = await self._resolve(group_id, wanted)
+        acks = [
+            self._acknowledge(resolved.get((p.topic, p.partition)), member_id, (p.topic, p.partition),
+                              p.acknowledgement_batches)
             for p in acking
-        ))
-        for part, (code, message) in zip(acking, results):
-            data = entry((part.topic, part.partition))
-            data.acknowledge_error_code = code
-            data.acknowledge_error_message = message
-        if request.share_session_epoch == -1:
+        ]
+        taken: list[tuple[TopicPartition, _Holder, _Acquired]] = []
+        if closing:
             self.release_member(group_id, member_id)
-            return self._finish(response, out, group_id)
-
-        # (3) Acquire, (4) long-poll when nothing came back.
-        max_records = request.max_records if request.max_records > 0 else 500
-        max_bytes = request.max_bytes if request.max_bytes > 0 else 50 << 20
-        mode = AcquireMode.RECORD_LIMIT if request.acquire_mode == 1 else AcquireMode.BATCH_OPTIMIZED
-        deadline_ms = now_ms + max(0, request.max_wait_ms)
-        while True:
-            got_any = await self._acquire_round(session, group_id, member_id, max_records, max_bytes, mode, entry)
-            if got_any or monotonic_ms() >= deadline_ms or any(d.error_code for d in out.values()):
-                break
-            await self._wait_for_records(session, group_id, deadline_ms)
-            if (group_id, member_id) not in self._sessions:
-                break
+        else:
+            # (3) Acquire, (4) long-poll when nothing came back; the writes of
+            # the acknowledgements go on meanwhile.
+            max_records = request.max_records if request.max_records > 0 else 500
+            max_bytes = request.max_bytes if request.max_bytes > 0 else 50 << 20
+            mode = AcquireMode.RECORD_LIMIT if request.acquire_mode == 1 else AcquireMode.BATCH_OPTIMIZED
+            deadline_ms = now_ms + max(0, request.max_wait_ms)
+            while True:
+                got_any = self._acquire_round(session, resolved, member_id, max_records, max_bytes, mode, entry, taken)
+                if got_any or monotonic_ms() >= deadline_ms or any(d.error_code for d in out.values()):
+                    break
+                await self._wait_for_records(session, group_id, deadline_ms)
+                if (group_id, member_id) not in self._sessions:
+                    break
+                resolved = await self._resolve(group_id, session.partitions)
+        # (5) Durable before visible: one wait for every write this answer depends on.
+        await self._settle([a.write for a in acks] + [acquired.write for _, _, acquired in taken])
+        self._finish_acks(acks)
+        for part, result in zip(acking, acks):
+            data = entry((part.topic, part.partition))
+            data.acknowledge_error_code = result.code
+            data.acknowledge_error_message = result.message
+        self._fill_records(taken, entry)
         return self._finish(response, out, group_id)
 
-    async def _acquire_round(
-        self, session: _Session, group_id: str, member_id: str, max_records: int, max_bytes: int,
-        mode: AcquireMode, entry: Callable[[TopicPartition], shoal_pb2.ShareFetchPartitionData],
+    def _partition_error(self, data: shoal_pb2.ShareFetchPartitionData, tp: TopicPartition, error: OperatingError) -> None:
+        data.error_code = int(error.code)
+        data.error_message = error.message
+        if error.code in (ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.FENCED_LEADER_EPOCH):
+            self._leader_hint(data.current_leader, tp[0], tp[1])
+
+    def _acquire_round(
+        self, session: _Session, resolved: dict[TopicPartition, _Resolved], member_id: str, max_records: int,
+        max_bytes: int, mode: AcquireMode, entry: Callable[[TopicPartition], shoal_pb2.ShareFetchPartitionData],
+        taken: list[tuple[TopicPartition, _Holder, _Acquired]],
     ) -> bool:
+        """Acquire in memory on each partition of the session (appended to ``taken``); whether any records came."""
         got_any = False
         records_left, bytes_left = max_records, max_bytes
         for tp in sorted(session.partitions):
             if records_left <= 0 or bytes_left <= 0:
                 break
             try:
-                holder = await self._holder(group_id, tp[0], tp[1])
-                acquired = await self._acquire(holder, member_id, records_left, bytes_left, mode)
-                if acquired.write is not None:
-                    await acquired.write  # rule 2: durable before visible
+                holder = self._usable(resolved.get(tp), tp)
+                acquired = self._acquire(holder, member_id, records_left, bytes_left, mode)
             except OperatingError as error:
-                data = entry(tp)
-                data.error_code = int(error.code)
-                data.error_message = error.message
-                if error.code in (ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.FENCED_LEADER_EPOCH):
-                    self._leader_hint(data.current_leader, tp[0], tp[1])
+                self._partition_error(entry(tp), tp, error)
                 continue
+            taken.append((tp, holder, acquired))
             if not acquired.ranges:
                 continue
             got_any = True
+            records_left -= sum(r.last_offset - r.first_offset + 1 for r in acquired.ranges)
+            bytes_left -= len(acquired.records)
+        return got_any
+
+    def _fill_records(
+        self, taken: list[tuple[TopicPartition, _Holder, _Acquired]],
+        entry: Callable[[TopicPartition], shoal_pb2.ShareFetchPartitionData],
+    ) -> None:
+        """After ``_settle``: records of durable acquisitions into the answer; a failed write is the partition's error."""
+        delivered: set[TopicPartition] = set()
+        failed: dict[TopicPartition, OperatingError] = {}
+        for tp, holder, acquired in taken:
+            error = self._write_error(acquired.write)
+            if error is not None:
+                failed[tp] = error
+                continue
+            if not acquired.ranges:
+                continue
+            delivered.add(tp)
             data = entry(tp)
             data.records = acquired.records
             data.leader_epoch = holder.leader_epoch
@@ -785,9 +993,11 @@ class ShareManager:
                 data.acquired_records.add(
                     first_offset=r.first_offset, last_offset=r.last_offset, delivery_count=r.delivery_count
                 )
-            records_left -= sum(r.last_offset - r.first_offset + 1 for r in acquired.ranges)
-            bytes_left -= len(acquired.records)
-        return got_any
+        for tp, error in failed.items():
+            # Records acquired in an earlier round whose write failed are withheld;
+            # their share partition was dropped and reloads from the durable state.
+            if tp not in delivered:
+                self._partition_error(entry(tp), tp, error)
 
     async def _wait_for_records(self, session: _Session, group_id: str, deadline_ms: int) -> None:
         remaining_ms = deadline_ms - monotonic_ms()

@@ -538,3 +538,53 @@ def test_client_exporter_converts_units_and_derives_summaries() -> None:
     assert not any("epoch_id" in name for name, _ in samples)
     with pytest.raises(ValueError):
         ClientMetricsExporter(client, "admin")
+
+
+def test_share_and_group_metrics_over_the_real_services(tmp_path: Path) -> None:
+    """The adapters read exactly the names the real objects keep: per-partition record
+    counters (``holder.counts``), the load histogram (``ShareManager.load_time``), the
+    coordinator's write histogram (``ShareCoordinator.write_latency``) and rebalances
+    (``GroupCoordinator.rebalances_total``)."""
+    from node.metrics import groups_source, share_coordinator_source, share_source
+    from tests.unit.test_share_manager import Node, acquired, fetch_request, set_earliest
+
+    async def scenario() -> dict:
+        node = Node(tmp_path)
+        services = await node.start()
+        await set_earliest(services)
+        joined = await services.ShareGroupHeartbeat(shoal_pb2.ShareGroupHeartbeatRequest(
+            group_id="g", member_id="m1", member_epoch=0, subscribed_topics=shoal_pb2.SubscribedTopics(names=["t"])),
+            None)
+        assert joined.error_code == 0, joined
+        await services.ConsumerGroupHeartbeat(shoal_pb2.ConsumerGroupHeartbeatRequest(
+            group_id="cg", member_id="c1", member_epoch=0, subscribed_topics=shoal_pb2.SubscribedTopics(names=["t"])),
+            None)
+        await node.produce(4)
+        first = await services.share_manager.ShareFetch(fetch_request("m1", 0))
+        assert acquired(first) == [(0, 3, 1)]
+        second = await services.share_manager.ShareFetch(fetch_request("m1", 1, acks=[(0, 2, 1), (3, 3, 2)]))
+        assert second.partitions[0].acknowledge_error_code == 0
+        metrics = NodeMetrics(1)
+        metrics.sources.share = share_source(services.share_manager, node.local)
+        metrics.sources.share_coordinator = share_coordinator_source(services.share_coordinator, services.share_manager)
+        metrics.sources.groups = groups_source(services.group_coordinator)
+        families = scrape(metrics)
+        await services.stop()
+        node.local.close()
+        return families
+
+    families = asyncio.run(scenario())
+    gtp = {"group": "g", "topic": "t", "partition": "0"}
+    # Record 3 was released and acquired again by the second fetch: 5 acquisitions.
+    assert value(families, "shoal_share_acquired_records_total", **gtp) == 5
+    assert value(families, "shoal_share_acknowledged_records_total", type="accept", **gtp) == 3
+    assert value(families, "shoal_share_acknowledged_records_total", type="release", **gtp) == 1
+    assert value(families, "shoal_share_partition_load_seconds_count") == 1
+    assert "shoal_share_partition_loads" not in families  # the histogram replaces the fallback
+    # One durable write per fetch: the first fetch's acquisition, then the second
+    # fetch's acknowledgements and re-acquisition coalesced into one.
+    assert value(families, "shoal_share_state_write_seconds_count") == 2
+    assert value(families, "shoal_share_state_write_seconds_bucket", le="+Inf") == 2
+    assert value(families, "shoal_share_state_write_seconds_sum") >= 0
+    assert value(families, "shoal_group_rebalances_total", type="share") == 1
+    assert value(families, "shoal_group_rebalances_total", type="consumer") == 1

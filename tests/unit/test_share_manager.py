@@ -552,3 +552,69 @@ def test_persister_gives_up_on_an_unanswered_attempt_at_its_deadline(tmp_path):
         local.close()
 
     run(scenario())
+
+
+class CountingPartitions(OneNodePartitions):
+    """Counts appends to the share-state topic (one per durable state write round)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.state_appends = 0
+
+    async def append(self, topic, partition, batches, **kwargs):
+        if topic == SHARE_STATE_TOPIC:
+            self.state_appends += 1
+        return await super().append(topic, partition, batches, **kwargs)
+
+
+def test_a_fetch_with_acknowledgements_on_two_partitions_makes_one_write_each(tmp_path):
+    """Acknowledgements and acquisitions of one ShareFetch are applied in memory first
+    and awaited together, so each share partition writes once, and both partitions'
+    writes (same coordinator) go into one state-topic append, not four."""
+    async def scenario():
+        node = Node(tmp_path)
+        node.local = CountingPartitions(tmp_path / "counting")
+        node.local.create(CONSUMER_OFFSETS_TOPIC, 1)
+        node.local.create(SHARE_STATE_TOPIC, 1)
+        node.local.create("t", 2)
+        node.cluster = OneNodeCluster(node.local)
+        services = await node.start()
+        await set_earliest(services)
+        manager = services.share_manager
+        for partition in (0, 1):
+            for batch in range(2):
+                records = [(None, f"p{partition}-{batch}-{i}".encode(), (), wall_ms()) for i in range(3)]
+                await node.local.append("t", partition, batch_codec.build_batch(records))
+
+        def request(epoch: int, acks: list[tuple[int, int, int]]) -> shoal_pb2.ShareFetchRequest:
+            parts = []
+            for partition in (0, 1):
+                part = shoal_pb2.ShareFetchPartition(topic="t", partition=partition)
+                for first, last, ack_type in acks:
+                    part.acknowledgement_batches.add(first_offset=first, last_offset=last, acknowledge_types=[ack_type])
+                parts.append(part)
+            return shoal_pb2.ShareFetchRequest(group_id="g", member_id="m1", share_session_epoch=epoch,
+                                               max_records=500, max_bytes=1 << 20, partitions=parts)
+
+        def by_partition(response) -> dict[int, list[tuple[int, int, int]]]:
+            return {p.partition: [(r.first_offset, r.last_offset, r.delivery_count) for r in p.acquired_records]
+                    for p in response.partitions}
+
+        first = await manager.ShareFetch(request(0, []))
+        assert by_partition(first) == {0: [(0, 5, 1)], 1: [(0, 5, 1)]}
+        writes_before, appends_before = manager.state_writes_total, node.local.state_appends
+        # ACCEPT 0-2 and RELEASE 3-5 on both partitions; 3-5 come back with count 2.
+        second = await manager.ShareFetch(request(1, [(0, 2, 1), (3, 5, 2)]))
+        assert [(p.partition, p.acknowledge_error_code) for p in second.partitions] == [(0, 0), (1, 0)], second
+        assert by_partition(second) == {0: [(3, 5, 2)], 1: [(3, 5, 2)]}
+        assert manager.state_writes_total - writes_before == 2  # one per share partition, not two each
+        assert node.local.state_appends - appends_before == 1  # one coordinator round for both
+        # And it is durable: a reload sees the accepted prefix and the count 2.
+        for partition in (0, 1):
+            node.local.bump_epoch("t", partition)
+        third = await manager.ShareFetch(request(2, []))
+        assert by_partition(third) == {0: [(3, 5, 3)], 1: [(3, 5, 3)]}
+        await services.stop()
+        node.local.close()
+
+    run(scenario())

@@ -618,3 +618,119 @@ def test_a_fetch_with_acknowledgements_on_two_partitions_makes_one_write_each(tm
         node.local.close()
 
     run(scenario())
+
+
+# ---------------------------------------------------------------------- test-only bug switches
+#
+# Each planted bug (node/share_manager.py, "Test-only switches") must really change
+# behaviour, or the chaos mutation gate would pass without testing anything. Every
+# scenario runs with the switch off (correct behaviour) and on (the bug's symptom).
+
+
+def _ack_request(member: str, epoch: int, first: int, last: int, ack_type: int) -> shoal_pb2.ShareAcknowledgeRequest:
+    return shoal_pb2.ShareAcknowledgeRequest(
+        group_id="g", member_id=member, share_session_epoch=epoch,
+        partitions=[shoal_pb2.ShareFetchPartition(topic="t", partition=0, acknowledgement_batches=[
+            shoal_pb2.AcknowledgementBatch(first_offset=first, last_offset=last, acknowledge_types=[ack_type])])])
+
+
+async def _accept_then_reload(tmp_path: Path) -> list[tuple[int, int, int]]:
+    """Acquire 0-2, ACCEPT them, fail over (new leader epoch): what is delivered next."""
+    node = Node(tmp_path)
+    services = await node.start()
+    await set_earliest(services)
+    await node.produce(3)
+    first = await services.share_manager.ShareFetch(fetch_request("m1", 0))
+    assert acquired(first) == [(0, 2, 1)]
+    accepted = await services.share_manager.ShareAcknowledge(_ack_request("m1", 1, 0, 2, 1))
+    assert accepted.partitions[0].error_code == 0
+    node.local.bump_epoch("t", 0)
+    again = await services.share_manager.ShareFetch(fetch_request("m2", 0))
+    await services.stop()
+    node.local.close()
+    return acquired(again)
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_switch_no_durable_share_state(tmp_path, monkeypatch, bug):
+    import node.share_manager as share_manager
+
+    monkeypatch.setattr(share_manager, "BUG_NO_DURABLE_SHARE_STATE", bug)
+    # With the bug the ACCEPT was answered but never written: the reload delivers again.
+    assert run(_accept_then_reload(tmp_path)) == ([(0, 2, 2)] if bug else [])
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_switch_start_offset_not_persisted(tmp_path, monkeypatch, bug):
+    import node.share_manager as share_manager
+
+    monkeypatch.setattr(share_manager, "BUG_START_OFFSET_NOT_PERSISTED", bug)
+    # The ACCEPT moved the start offset to 3 durably; the bug loads from the log
+    # start (0), where no state batch remains, so the records look new.
+    assert run(_accept_then_reload(tmp_path)) == ([(0, 2, 1)] if bug else [])
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_switch_delivery_count_not_raised_after_failover(tmp_path, monkeypatch, bug):
+    import node.share_manager as share_manager
+
+    monkeypatch.setattr(share_manager, "BUG_DELIVERY_COUNT_NOT_RAISED_AFTER_FAILOVER", bug)
+
+    async def scenario() -> list[tuple[int, int, int]]:
+        node = Node(tmp_path)
+        services = await node.start()
+        await set_earliest(services)
+        await node.produce(3)
+        first = await services.share_manager.ShareFetch(fetch_request("m1", 0))
+        assert acquired(first) == [(0, 2, 1)]
+        node.local.bump_epoch("t", 0)
+        again = await services.share_manager.ShareFetch(fetch_request("m2", 0))
+        await services.stop()
+        node.local.close()
+        return acquired(again)
+
+    # Delivered once before the failover: the next delivery is the second (count 2);
+    # the bug hands out count 1 again.
+    assert run(scenario()) == ([(0, 2, 1)] if bug else [(0, 2, 2)])
+
+
+@pytest.mark.parametrize("bug", [False, True])
+def test_switch_stale_acks(tmp_path, monkeypatch, bug):
+    import node.share_manager as share_manager
+
+    monkeypatch.setattr(share_manager, "BUG_STALE_ACKS", bug)
+
+    async def scenario() -> tuple[int, list[tuple[int, int, int]]]:
+        node = Node(tmp_path)
+        services = await node.start()
+        await set_earliest(services)
+        await node.produce(3)
+        await services.share_manager.ShareFetch(fetch_request("m1", 0))
+        # m1's lock lapses (new leader epoch); m2 now holds the records.
+        node.local.bump_epoch("t", 0)
+        second = await services.share_manager.ShareFetch(fetch_request("m2", 0))
+        assert acquired(second) == [(0, 2, 2)]
+        late = await services.share_manager.ShareAcknowledge(_ack_request("m1", 1, 0, 2, 1))
+        described = services.share_manager.DescribeSharePartitions(
+            shoal_pb2.DescribeSharePartitionsRequest(group_id="g"))
+        await services.stop()
+        node.local.close()
+        runs = [(r.first_offset, r.last_offset, r.state) for r in described.partitions[0].runs]
+        return late.partitions[0].error_code, runs
+
+    code, runs = run(scenario())
+    if bug:
+        assert code == 0 and runs == []  # m1's stale ACCEPT settled m2's records
+    else:
+        assert code == ErrorCode.INVALID_RECORD_STATE and runs == [(0, 2, 1)]  # still ACQUIRED by m2
+
+
+def test_switches_read_the_environment(monkeypatch):
+    from node.share_manager import _switch
+
+    monkeypatch.delenv("SHOAL_BUG_STALE_ACKS", raising=False)
+    assert _switch("SHOAL_BUG_STALE_ACKS") is False
+    monkeypatch.setenv("SHOAL_BUG_STALE_ACKS", "0")
+    assert _switch("SHOAL_BUG_STALE_ACKS") is False
+    monkeypatch.setenv("SHOAL_BUG_STALE_ACKS", "1")  # what tests/chaos/test_mutations.py sets
+    assert _switch("SHOAL_BUG_STALE_ACKS") is True

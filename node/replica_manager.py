@@ -68,6 +68,12 @@ from proto import batch as batch_codec
 
 log = logging.getLogger("node.replicas")
 
+#: Test-only switch for the chaos suite's mutation gate (tests/chaos/test_mutations.py):
+#: a deliberate bug that answers acks=all before the high watermark passes the
+#: batch, so the checker must find acknowledged records lost after a failover.
+#: Never set it outside that test.
+BUG_ACK_BEFORE_REPLICATION = bool(os.environ.get("SHOAL_BUG_ACK_BEFORE_REPLICATION"))
+
 PARTITION_METADATA_FILE = "partition.metadata"
 #: How often the leader checks for lagging followers, retention and flush.
 HOUSEKEEPING_INTERVAL_MS = 250
@@ -539,7 +545,7 @@ class ReplicaManager:
         self._maybe_advance_high_watermark(replica)
         replica.wake()  # followers parked in a replica fetch
         result = AppendResult(info.first_offset, info.last_offset)
-        if acks != -1:
+        if acks != -1 or BUG_ACK_BEFORE_REPLICATION:
             return result
         deadline_ms = monotonic_ms() + max(0, timeout_ms)
         while replica.high_watermark <= info.last_offset:

@@ -146,6 +146,22 @@ def test_acks_all_completes_once_the_isr_has_the_batch(tmp_path: Path) -> None:
     run(scenario)
 
 
+def test_planted_bug_acks_before_replication_really_skips_the_wait(tmp_path: Path, monkeypatch) -> None:
+    """The chaos mutation gate's switch must change behaviour, or the gate passes vacuously."""
+    import node.replica_manager as replica_manager
+
+    monkeypatch.setattr(replica_manager, "BUG_ACK_BEFORE_REPLICATION", True)
+
+    async def scenario() -> None:
+        cluster = InProcessCluster(tmp_path)
+        leader = cluster.managers[1]
+        result = await leader.append(TOPIC, 0, batch(b"x"), acks=-1, timeout_ms=10_000)
+        assert (result.base_offset, leader.high_watermark(TOPIC, 0)) == (0, 0)  # answered, not replicated
+        await cluster.close()
+
+    run(scenario)
+
+
 def test_divergent_tail_is_truncated_after_a_leader_change(tmp_path: Path) -> None:
     async def scenario() -> None:
         cluster = InProcessCluster(tmp_path)

@@ -409,6 +409,18 @@ class ShareConsumer:
         """``callback(offsets, exception)`` runs once per partition when its acknowledgements complete."""
         self._ack_callback = callback
 
+    def buffered_records(self) -> list[ConsumerRecord]:
+        """Records already acquired by a fetch but not returned by ``poll`` yet.
+
+        A poll fetches from every leader at once and each may hand out up to
+        ``max.poll.records``, but poll returns at most ``max.poll.records``; the
+        rest waits in the client for the next polls, and its acquisition locks
+        are already running. A test harness that records when each record was
+        acquired (the chaos workload) reads them here; applications need not.
+        """
+        with self._io_lock:
+            return [item[1] for item in self._buffer if not isinstance(item, ShoalError)]
+
     @property
     def acquisition_lock_timeout_ms(self) -> int | None:
         """The acquisition lock timeout the broker reported with the last fetch (None before one)."""

@@ -13,11 +13,14 @@ Rules (reliability-plan §3.1, §6.1; the history format is in `history.py`)
   producer error is "info": the client retries internally, so an earlier
   attempt may have been appended even when the last one was refused.
 * Share members use `client.ShareConsumer` in explicit acknowledgement mode and
-  `record_limit` acquisition, so that nothing is buffered inside the client and a
-  poll's records were acquired during that poll. A poll fans out to every leader
-  at once; the history records it as one `share_fetch` per node (processes
-  `<member>@n<node>`, all invoked before the poll, completed after it) so that
-  every delivery names the node that served it. Acknowledgements are sent with
+  `record_limit` acquisition. A poll fans out to every leader at once; the
+  history records it as one `share_fetch` per node (processes `<member>@n<node>`,
+  all invoked before the poll, completed after it) so that every delivery names
+  the node that served it (`ConsumerRecord.node_id`). Each node may hand out
+  `max_poll_records`, so the client can end a poll holding more records than it
+  returned (`ShareConsumer.buffered_records()`); those are recorded in the
+  share_fetch of the poll that acquired them, not of the later poll that returns
+  them, so a delivery's window always contains its acquisition. Acknowledgements are sent with
   `commit_sync` right after the decision, one `ack` operation per node.
 * Per record: ACCEPT 80 %, RELEASE 12 %, REJECT 3 %, ACCEPT for the rest; a
   poison value (every `poison_every`-th value of P1) is always RELEASEd, so it
@@ -441,12 +444,14 @@ class Workload:
         rng = random.Random(self.rng.random())
         consumer = self._new_share_consumer()
         member = consumer.member_id
+        # Records this member's fetches acquired that the client still buffers.
+        unreturned: set[tuple[int, int, int]] = set()
         self.recorder.event("join", {"member": member, "name": name}, process=name)
         ended = "stopped"
         try:
             while not self._stop_consumers.is_set():
                 draining = self._draining.is_set()
-                records = self._share_fetch(consumer, name, member)
+                records = self._share_fetch(consumer, name, member, unreturned)
                 if records is None:
                     continue
                 if not records:
@@ -492,24 +497,47 @@ class Workload:
             return AcknowledgeType.REJECT
         return AcknowledgeType.ACCEPT
 
-    def _share_fetch(self, consumer: ShareConsumer, name: str, member: str) -> list[Any] | None:
+    def _share_fetch(
+        self, consumer: ShareConsumer, name: str, member: str, unreturned: set[tuple[int, int, int]]
+    ) -> list[Any] | None:
+        """One poll, recorded as one `share_fetch` per node.
+
+        A poll fans out to every leader and each may hand out `max_poll_records`,
+        but poll returns at most that many: the client buffers the rest, and the
+        next polls return it without contacting any node. A record's delivery is
+        therefore recorded by the poll whose fetch acquired it, returned or
+        buffered (`unreturned` remembers the buffered ones, keyed by partition,
+        offset and delivery count), never by the later poll that hands it over;
+        otherwise a record acquired seconds earlier would look acquired after
+        that poll's invoke (false resurrections, overlaps and regressions).
+        """
         handles = {
             node_id: self.recorder.invoke(f"{name}@n{node_id}", "share_fetch", {"member": member})
             for node_id in self.node_ids
         }
+        error: Exception | None = None
+        records: list[Any] = []
         try:
             records = consumer.poll(self.config.poll_timeout_s)
-        except Exception as error:  # noqa: BLE001 - the poll's effect on the broker is unknown
-            for handle in handles.values():
-                handle.info(f"{type(error).__name__}: {str(error)[:200]}")
+        except Exception as raised:  # noqa: BLE001 - the poll's effect on the broker is unknown
+            error = raised
             with self._lock:
-                self.counters.error("share_fetch", error)
-            time.sleep(0.2)
-            return None
+                self.counters.error("share_fetch", raised)
+        acquired: list[Any] = []
+        for record in records:
+            key = (record.partition, record.offset, record.delivery_count)
+            if key in unreturned:
+                unreturned.discard(key)  # acquired by an earlier poll, recorded there
+            else:
+                acquired.append(record)
+        for record in consumer.buffered_records():
+            key = (record.partition, record.offset, record.delivery_count)
+            if key not in unreturned:
+                unreturned.add(key)
+                acquired.append(record)
         by_node: dict[int, list[dict[str, Any]]] = {node_id: [] for node_id in self.node_ids}
         unattributed = []
-        for record in records:
-            node_id = record.node_id
+        for record in acquired:
             entry = {
                 "partition": record.partition,
                 "offset": record.offset,
@@ -519,13 +547,20 @@ class Workload:
                 "lock_deadline_ms": None,
                 "leader_epoch": record.leader_epoch,
             }
-            (by_node[node_id] if node_id in by_node else unattributed).append(entry)
+            (by_node[record.node_id] if record.node_id in by_node else unattributed).append(entry)
         for node_id, handle in handles.items():
-            handle.ok({"records": by_node[node_id]}, node=node_id)
+            if error is not None and not by_node[node_id]:
+                # Nothing of this node is known to have been acquired, but a reply may have been lost.
+                handle.info(f"{type(error).__name__}: {str(error)[:200]}")
+            else:
+                handle.ok({"records": by_node[node_id]}, node=node_id)
         if unattributed:
             # Not expected; recorded rather than dropped so that the checker still sees them.
             extra = self.recorder.invoke(f"{name}@unknown", "share_fetch", {"member": member})
             extra.ok({"records": unattributed}, node=None)
+        if error is not None:
+            time.sleep(0.2)
+            return None
         with self._lock:
             self.counters.delivered += len(records)
         return records

@@ -251,6 +251,7 @@ class ShareConsumer:
         # The records of the last poll, so that RENEWed ones can be returned again.
         self._renewable: dict[tuple[TopicPartition, int], ConsumerRecord] = {}
         self._sessions: dict[int, _Session] = {}
+        self._budget_rotation = 0  # which node gets the remainder of a record_limit budget
         self._io_lock = threading.RLock()  # sessions and the book: poll vs commit_async
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="shoal-share-fetch")
         self._async_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-share-commit")
@@ -647,6 +648,8 @@ class ShareConsumer:
                     raise
                 continue
             by_node.setdefault(node_id, (address, []))[1].append(tp)
+        budgets = self._record_budgets(sorted(by_node))
+        by_node = {node: entry for node, entry in by_node.items() if budgets[node] > 0}
         # Acknowledgements for nodes we are not fetching from go in a ShareAcknowledge.
         pending = self._book.take_pending()
         others = {node: acks for node, acks in pending.items() if node not in by_node}
@@ -656,7 +659,9 @@ class ShareConsumer:
             time.sleep(self._cfg["retry.backoff.ms"] / 1000.0)
             return
         futures = [
-            self._pool.submit(self._fetch_node, node_id, address, tps, pending.get(node_id, {}), max_wait_ms)
+            self._pool.submit(
+                self._fetch_node, node_id, address, tps, pending.get(node_id, {}), max_wait_ms, budgets[node_id]
+            )
             for node_id, (address, tps) in by_node.items()
         ]
         results: dict[TopicPartition, Exception | None] = {}
@@ -668,6 +673,24 @@ class ShareConsumer:
             # them are returned first.
             self._buffer.extend(items)
 
+    def _record_budgets(self, nodes: list[int]) -> dict[int, int]:
+        """How many records each node may acquire for this poll.
+
+        batch_optimized: ``max.poll.records`` each (a soft limit, as in Kafka).
+        record_limit (KIP-1206): the limit is strict for the poll as a whole, so
+        it is split over the nodes fetched in parallel, the remainder going to a
+        node that rotates from poll to poll; a node whose share is 0 is skipped
+        this round. Acquiring more and releasing the surplus would spend a
+        delivery attempt of every surplus record.
+        """
+        limit = self._cfg["max.poll.records"]
+        if self._acquire_mode == 0 or not nodes:
+            return {node: limit for node in nodes}
+        self._budget_rotation = (self._budget_rotation + 1) % len(nodes)
+        ordered = nodes[self._budget_rotation:] + nodes[: self._budget_rotation]
+        base, remainder = divmod(limit, len(ordered))
+        return {node: base + (1 if index < remainder else 0) for index, node in enumerate(ordered)}
+
     def _fetch_node(
         self,
         node_id: int,
@@ -675,6 +698,7 @@ class ShareConsumer:
         tps: list[TopicPartition],
         acks: dict[TopicPartition, dict[int, AcknowledgeType]],
         max_wait_ms: int,
+        max_records: int,
     ) -> tuple[list[_BufferItem], dict[TopicPartition, Exception | None], dict[TopicPartition, dict[int, AcknowledgeType]]]:
         """One ShareFetch to one node: (buffer items, ack outcome per partition, acks sent)."""
         session = self._sessions.setdefault(node_id, _Session())
@@ -704,8 +728,8 @@ class ShareConsumer:
             max_wait_ms=max_wait_ms,
             min_bytes=self._cfg["fetch.min.bytes"],
             max_bytes=self._cfg["fetch.max.bytes"],
-            max_records=self._cfg["max.poll.records"],
-            batch_size=self._cfg["max.poll.records"],
+            max_records=max_records,
+            batch_size=max_records,
             acquire_mode=self._acquire_mode,
             partitions=partitions,
             forgotten=forgotten,

@@ -187,3 +187,37 @@ def test_renewed_record_is_returned_again(consumer: ShareConsumer) -> None:
     again = consumer._drain_buffer()
     assert [r.offset for r in again] == [0]
     assert consumer._book.take_pending() == {1: {TP: {0: RENEW, 1: ACCEPT}}}
+
+
+def test_record_limit_budget_is_strict_across_nodes_and_rotates() -> None:
+    from client import ShareConsumer
+
+    consumer = ShareConsumer({
+        "bootstrap.servers": "127.0.0.1:1", "group.id": "g",
+        "share.acquire.mode": "record_limit", "max.poll.records": 5,
+    })
+    try:
+        seen_remainder = set()
+        for _ in range(3):
+            budgets = consumer._record_budgets([1, 2, 3])
+            assert sum(budgets.values()) == 5  # never more than max.poll.records per poll
+            seen_remainder.update(node for node, n in budgets.items() if n == 2)
+        assert seen_remainder == {1, 2, 3}  # the remainder rotates, no node starves
+        tiny = ShareConsumer({
+            "bootstrap.servers": "127.0.0.1:1", "group.id": "g",
+            "share.acquire.mode": "record_limit", "max.poll.records": 1,
+        })
+        assert sum(tiny._record_budgets([1, 2, 3]).values()) == 1
+        tiny.close()
+    finally:
+        consumer.close()
+
+
+def test_batch_optimized_budget_is_the_soft_limit_per_node() -> None:
+    from client import ShareConsumer
+
+    consumer = ShareConsumer({"bootstrap.servers": "127.0.0.1:1", "group.id": "g", "max.poll.records": 5})
+    try:
+        assert consumer._record_budgets([1, 2]) == {1: 5, 2: 5}
+    finally:
+        consumer.close()

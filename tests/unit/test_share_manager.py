@@ -734,3 +734,50 @@ def test_switches_read_the_environment(monkeypatch):
     assert _switch("SHOAL_BUG_STALE_ACKS") is False
     monkeypatch.setenv("SHOAL_BUG_STALE_ACKS", "1")  # what tests/chaos/test_mutations.py sets
     assert _switch("SHOAL_BUG_STALE_ACKS") is True
+
+
+class FailingStatePartitions(OneNodePartitions):
+    """Appends to the share-state topic fail while ``failing`` is set (a state partition without its ISR)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.failing = False
+
+    async def append(self, topic, partition, batches, **kwargs):
+        if topic == SHARE_STATE_TOPIC and self.failing:
+            raise OperatingError(ErrorCode.NOT_ENOUGH_REPLICAS, "the state partition lost its in-sync replicas")
+        return await super().append(topic, partition, batches, **kwargs)
+
+
+def test_a_failed_combined_write_fails_the_acks_and_withholds_the_records(tmp_path):
+    """Rule 2 with one write per fetch: the acknowledgement reports the failure, the
+    records whose acquisition was in the same write are not returned, and the reload
+    finds the durable past (the ACCEPT did not happen, the new records were never delivered)."""
+    async def scenario():
+        node = Node(tmp_path)
+        node.local = FailingStatePartitions(tmp_path / "failing")
+        node.local.create(CONSUMER_OFFSETS_TOPIC, 1)
+        node.local.create(SHARE_STATE_TOPIC, 1)
+        node.local.create("t", 1)
+        node.cluster = OneNodeCluster(node.local)
+        services = await node.start()
+        await set_earliest(services)
+        manager = services.share_manager
+        manager._write_timeout_ms = 300  # give up on the state write quickly
+        await node.produce(3)
+        first = await manager.ShareFetch(fetch_request("m1", 0))
+        assert acquired(first) == [(0, 2, 1)]
+        await node.produce(3)
+        node.local.failing = True
+        second = await manager.ShareFetch(fetch_request("m1", 1, acks=[(0, 2, 1)]))
+        (part,) = second.partitions
+        assert part.acknowledge_error_code != 0 and part.error_code != 0, second
+        assert OperatingError(ErrorCode(part.acknowledge_error_code), "").retriable
+        assert acquired(second) == [] and part.records == b""
+        node.local.failing = False
+        third = await manager.ShareFetch(fetch_request("m1", 2))
+        assert acquired(third) == [(0, 2, 2), (3, 5, 1)]
+        await services.stop()
+        node.local.close()
+
+    run(scenario())

@@ -398,9 +398,10 @@ def share_source(share_manager: Any, local: Any | None = None) -> Callable[[], S
     from ``local`` (the replica manager). Per-partition record counters come
     from ``holder.counts`` ({"acquired", "accept", ..., "lock_expired",
     "archived_delivery_limit": n}) when the share manager keeps them; else the
-    node-wide counters are exposed without partition labels. Load and write
-    timing come from ``load_time`` / ``state_write_latency`` LatencyRecorders
-    when present, else from ``loads_total``/``last_load_time_ms``.
+    node-wide counters are exposed without partition labels. Load timing comes
+    from its ``load_time`` LatencyRecorder when present, else from
+    ``loads_total``/``last_load_time_ms``; write timing is the share
+    coordinator's (``share_coordinator_source``).
     """
 
     def sample(holder: Any) -> SharePartitionSample | None:

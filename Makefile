@@ -19,11 +19,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-$(PROTO_OUT): proto/shoal.proto $(STAMP)
+$(PROTO_OUT): proto/shoal.proto | $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/shoal.proto
 	touch $(PROTO_OUT)
 
-# Regenerate the gRPC modules unconditionally (tests/unit/test_proto_fresh.py
+# The generated modules are committed; `make proto` regenerates them (tests/unit/test_proto_fresh.py
 # fails when the committed modules are stale).
 proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/shoal.proto

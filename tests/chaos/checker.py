@@ -27,7 +27,7 @@ only if its fetch was invoked after the ACCEPT completed.
 | delivery-count-out-of-range    | I7  | a delivery count below 1 or above the delivery limit. |
 | delivery-count-regression      | I7  | a delivery certainly after another carries a lower delivery count. |
 | start-offset-regression        | I8  | one node's sampled share-partition start offset moved backwards. |
-| delivery-below-start-offset    | I8  | a fetch invoked after a sample saw start offset S returned an offset below S. |
+| delivery-below-start-offset    | I8  | a fetch invoked after a sample saw start offset S returned an offset below S. Both I8 checks skip samples from a deposed leader (leader epoch below one the observer had already recorded): a stale read, not the start offset. |
 | delivered-then-truncated       | I9  | a read value that is in no final log, and whose offset is a hole or past the end of every final log that covers its partition. |
 | batch-order                    | I10 | offsets of one partition within one response are not strictly increasing, or one share-fetch response carries two lock deadlines for one partition. |
 | phantom-terminal               | I11 | a record terminal at the end with no evidence: ACKNOWLEDGED needs an ACCEPT invoked (not definitely failed) by a member that was delivered the record; ARCHIVED needs such a REJECT, or the delivery limit reachable (highest delivery count seen + fetches with unknown outcome >= limit); below the start offset needs either. |
@@ -737,13 +737,40 @@ class _Analysis:
 
     # ---- I8 ---------------------------------------------------------------------------
 
+    def _newest_epoch_before(self, partition: Any, time_ns: int) -> int | None:
+        """The highest leader epoch of `partition` the observer had recorded before `time_ns`."""
+        newest = None
+        for event in self.partition_moves.get(partition, []):
+            if event.f == "leader_change" and event.time_ns < time_ns and event.value.get("epoch") is not None:
+                newest = event.value["epoch"] if newest is None else max(newest, event.value["epoch"])
+        return newest
+
+    def stale_sample(self, sample: Op) -> bool:
+        """A sample from a deposed leader: its leader epoch is below one already observed.
+
+        Such a node (isolated, or paused through the election) still answers from its
+        in-memory share state, which may have moved past what it could make durable
+        (a lock expiry archiving a record at the limit needs no client, but its write
+        cannot reach the share-state log from the wrong side of a partition). It is a
+        stale read (reliability-plan §6.5), not the partition's start offset.
+        """
+        epoch = sample.value.get("leader_epoch")
+        if epoch is None:
+            return False
+        newest = self._newest_epoch_before(_partition(sample.value["partition"]), sample.time_ns)
+        return newest is not None and epoch < newest
+
     def check_start_offsets(self) -> dict[str, list[dict[str, Any]]]:
         found: dict[str, list[dict[str, Any]]] = defaultdict(list)
         highest_by_node: dict[tuple[Any, Any], Op] = {}
         by_partition: dict[Any, list[Op]] = defaultdict(list)
+        stale = 0
         for sample in self.samples:
             value = sample.value
             if value.get("start_offset") is None:
+                continue
+            if self.stale_sample(sample):
+                stale += 1
                 continue
             partition = _partition(value["partition"])
             by_partition[partition].append(sample)
@@ -794,6 +821,7 @@ class _Analysis:
                             start_offset=bound.value["start_offset"],
                         )
                     )
+        self.stats["stale_samples_ignored"] = stale
         return found
 
     # ---- I9, I10 ----------------------------------------------------------------------

@@ -402,6 +402,33 @@ def test_delivery_count_regression() -> None:
     assert flagged(result) == {"delivery-count-regression"}
 
 
+def _zombie_sample_run(sample_epoch: int) -> Run:
+    """n1 leads partition 0 at epoch 1 and is deposed (epoch 2 goes to n2); n1 then
+    reports start offset 1, and n2 delivers offset 0 again after its lock expired."""
+    run = Run()
+    run.produce(0, "P1-0", 0)
+    run.event("sample", {"node": "n1", "partition": 0, "start_offset": 0, "high_watermark": 1, "leader_epoch": 1})
+    run.fetch("m1", [(0, 0, "P1-0", 1)], node="n1", epoch=1)
+    run.event("leader_change", {"partition": 0, "old": "n1", "new": "n2", "old_epoch": 1, "epoch": 2})
+    run.event(
+        "sample", {"node": "n1", "partition": 0, "start_offset": 1, "high_watermark": 1, "leader_epoch": sample_epoch}
+    )
+    run.tick(LOCK_MS)
+    run.fetch("m2", [(0, 0, "P1-0", 2)], node="n2", epoch=2)
+    run.ack("m2", [(0, 0, "ACCEPT")])
+    run.dumps({0: "P1-0"}, start_offset=1)
+    return run
+
+
+def test_a_deposed_leaders_start_offset_is_a_stale_read() -> None:
+    result = run_check(_zombie_sample_run(sample_epoch=1))
+    assert flagged(result) == set()
+    assert result.stats["stale_samples_ignored"] == 1
+    # The same start offset from the current leader epoch is authoritative.
+    result = run_check(_zombie_sample_run(sample_epoch=2))
+    assert flagged(result) == {"delivery-below-start-offset"}
+
+
 def test_start_offset_regression_in_samples() -> None:
     run = clean_run()
     run.sample("n2", 0, 3)

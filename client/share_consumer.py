@@ -255,6 +255,7 @@ class ShareConsumer:
         self._io_lock = threading.RLock()  # sessions and the book: poll vs commit_async
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="shoal-share-fetch")
         self._async_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-share-commit")
+        self._background: list = []  # futures of acknowledgements sent in the background
         self._ack_callback: AckCallback | None = None
         self._lock_timeout_ms: int | None = None
         self._subscription: list[str] = []
@@ -349,8 +350,13 @@ class ShareConsumer:
                 raise error
             with self._io_lock:
                 if self._buffer:
-                    if self._book.has_pending():
-                        self._send_acknowledgements(self._book.take_pending(), final=False)
+                    # The previous poll's acknowledgements stay pending: the next
+                    # ShareFetch (when the buffer is drained) carries them, so this
+                    # poll waits for no durable write. They cannot miss their locks
+                    # by waiting: the buffered records came in the same fetch, with
+                    # the same lock deadline, and are processed first. Sending them
+                    # from another thread instead queued them behind a long-poll
+                    # fetch and starved competing members (docs/benchmarks.md).
                     return self._drain_buffer()
                 remaining = deadline - time.monotonic()
                 assigned = self.assignment()
@@ -384,9 +390,12 @@ class ShareConsumer:
         """
         self._check_open()
         timeout_ms = int(timeout * 1000) if timeout is not None else self._cfg["request.timeout.ms"]
+        # Acknowledgements a poll sent in the background count as "made so far".
+        results = self._wait_for_background(timeout_ms / 1000.0)
         with self._io_lock:
             self._prepare_acknowledgements()
-            return self._send_acknowledgements(self._book.take_pending(), final=False, timeout_ms=timeout_ms)
+            results.update(self._send_acknowledgements(self._book.take_pending(), final=False, timeout_ms=timeout_ms))
+        return results
 
     def commit_async(self, callback: Callable[[dict[TopicPartition, Exception | None]], None] | None = None) -> None:
         """Send the acknowledgements made so far in the background.
@@ -397,14 +406,36 @@ class ShareConsumer:
         with self._io_lock:
             self._prepare_acknowledgements()
             pending = self._book.take_pending()
+        self._send_in_background(pending, callback)
 
-        def run() -> None:
+    def _send_in_background(
+        self,
+        pending: dict[int, dict[TopicPartition, dict[int, AcknowledgeType]]],
+        callback: Callable[[dict[TopicPartition, Exception | None]], None] | None = None,
+    ) -> None:
+        """Send acknowledgements from the background pool; outcomes reach the callbacks.
+
+        The send takes the I/O lock, so it is ordered with fetches and never
+        races a share session's epoch.
+        """
+
+        def run() -> dict[TopicPartition, Exception | None]:
             with self._io_lock:
                 results = self._send_acknowledgements(pending, final=False)
             if callback is not None:
                 callback(results)
+            return results
 
-        self._async_pool.submit(run)
+        future = self._async_pool.submit(run)
+        self._background = [f for f in self._background if not f.done()] + [future]
+
+    def _wait_for_background(self, timeout: float | None) -> dict[TopicPartition, Exception | None]:
+        """Wait for acknowledgements sent in the background; their outcomes."""
+        results: dict[TopicPartition, Exception | None] = {}
+        for future in self._background:
+            results.update(future.result(timeout))
+        self._background = []
+        return results
 
     def set_acknowledgement_commit_callback(self, callback: AckCallback | None) -> None:
         """``callback(offsets, exception)`` runs once per partition when its acknowledgements complete."""

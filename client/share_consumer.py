@@ -444,11 +444,13 @@ class ShareConsumer:
     def buffered_records(self) -> list[ConsumerRecord]:
         """Records already acquired by a fetch but not returned by ``poll`` yet.
 
-        A poll fetches from every leader at once and each may hand out up to
-        ``max.poll.records``, but poll returns at most ``max.poll.records``; the
-        rest waits in the client for the next polls, and its acquisition locks
-        are already running. A test harness that records when each record was
-        acquired (the chaos workload) reads them here; applications need not.
+        A poll fetches from every leader at once. In ``batch_optimized`` mode each
+        may hand out up to ``max.poll.records`` (and whole batches), but poll
+        returns at most ``max.poll.records``: the rest waits in the client for
+        the next polls, its acquisition locks already running. ``record_limit``
+        splits the limit over the leaders, so only RENEWed records wait there.
+        A test harness that records when each record was acquired (the chaos
+        workload) reads them here; applications need not.
         """
         with self._io_lock:
             return [item[1] for item in self._buffer if not isinstance(item, ShoalError)]

@@ -16,11 +16,14 @@ Rules (reliability-plan §3.1, §6.1; the history format is in `history.py`)
   `record_limit` acquisition. A poll fans out to every leader at once; the
   history records it as one `share_fetch` per node (processes `<member>@n<node>`,
   all invoked before the poll, completed after it) so that every delivery names
-  the node that served it (`ConsumerRecord.node_id`). Each node may hand out
-  `max_poll_records`, so the client can end a poll holding more records than it
-  returned (`ShareConsumer.buffered_records()`); those are recorded in the
-  share_fetch of the poll that acquired them, not of the later poll that returns
-  them, so a delivery's window always contains its acquisition. Acknowledgements are sent with
+  the node that served it (`ConsumerRecord.node_id`). In `record_limit` mode the
+  client splits `max_poll_records` over the leaders, so a poll should return all
+  it acquired; a client that held records back for a later poll (it did so
+  until 2026-11-25, and `batch_optimized` still does) would make a delivery look
+  acquired after that later poll's invoke. So records left in the client
+  (`ShareConsumer.buffered_records()`) are recorded in the share_fetch of the
+  poll that acquired them, and a delivery's window always contains its
+  acquisition. Acknowledgements are sent with
   `commit_sync` right after the decision, one `ack` operation per node.
 * Per record: ACCEPT 80 %, RELEASE 12 %, REJECT 3 %, ACCEPT for the rest; a
   poison value (every `poison_every`-th value of P1) is always RELEASEd, so it

@@ -109,6 +109,7 @@ from enum import IntEnum
 from itertools import islice
 
 from coordinator.errors import ErrorCode, OperatingError
+from coordinator.share_state import DELIVERY_COUNT_MAX, OFFSET_MAX, PersistedBatch, merge_batches
 
 
 class RecordState(IntEnum):
@@ -250,41 +251,17 @@ def merge_state_batches(batches: Iterable[StateBatch], start_offset: int = 0) ->
     """Merge possibly overlapping state batches with Kafka's combiner rule.
 
     Per offset the batch with the higher delivery count wins, on a tie the higher
-    state id. Offsets below ``start_offset`` are dropped; adjacent equal batches are
-    joined. With shoal's persistence model this is a per-offset maximum, so merging
-    is idempotent, commutative and associative. Cost is O(n log n) in batches.
+    state id; offsets below ``start_offset`` are dropped and adjacent equal batches
+    are joined. This is the share coordinator's rule, so the work is done by
+    :func:`coordinator.share_state.merge_batches` (one implementation for both);
+    this function only converts to and from :class:`StateBatch`.
     """
-    ordered = sorted(batches, key=lambda batch: batch.first_offset)
-    for batch in ordered:
-        assert batch.first_offset <= batch.last_offset, batch
-    points = sorted({b.first_offset for b in ordered} | {b.last_offset + 1 for b in ordered})
-    # Active batches as a max-heap on (count, state), removed lazily once they end.
-    active: list[tuple[int, int, int]] = []
-    next_batch = 0
-    merged: list[StateBatch] = []
-    for index, point in enumerate(points[:-1]):
-        while next_batch < len(ordered) and ordered[next_batch].first_offset <= point:
-            batch = ordered[next_batch]
-            heapq.heappush(active, (-batch.delivery_count, -int(batch.state), batch.last_offset))
-            next_batch += 1
-        while active and active[0][2] < point:
-            heapq.heappop(active)
-        if not active:
-            continue
-        first, last = max(point, start_offset), points[index + 1] - 1
-        if first > last:
-            continue
-        count, state = -active[0][0], RecordState(-active[0][1])
-        previous = merged[-1] if merged else None
-        if (
-            previous is not None
-            and previous.last_offset + 1 == first
-            and (previous.state, previous.delivery_count) == (state, count)
-        ):
-            merged[-1] = StateBatch(previous.first_offset, last, state, count)
-        else:
-            merged.append(StateBatch(first, last, state, count))
-    return tuple(merged)
+    merged = merge_batches(
+        (),
+        (PersistedBatch(b.first_offset, b.last_offset, int(b.state), b.delivery_count) for b in batches),
+        start_offset,
+    )
+    return tuple(StateBatch(b.first_offset, b.last_offset, RecordState(b.state), b.delivery_count) for b in merged)
 
 
 class _Run:
@@ -342,7 +319,10 @@ class SharePartition:
         if start_offset < 0:
             raise OperatingError(ErrorCode.INVALID_REQUEST, f"start offset must be >= 0, got {start_offset}")
         for batch in batches:
-            if batch.first_offset > batch.last_offset or batch.first_offset < 0 or batch.delivery_count < 0:
+            if not (
+                0 <= batch.first_offset <= batch.last_offset <= OFFSET_MAX
+                and 0 <= batch.delivery_count <= DELIVERY_COUNT_MAX
+            ):
                 raise OperatingError(ErrorCode.INVALID_REQUEST, f"malformed persisted state batch {batch}")
             if batch.state not in PERSISTED_STATES:
                 raise OperatingError(

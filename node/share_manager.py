@@ -120,9 +120,8 @@ from coordinator.share_partition import (
     SharePartitionSettings,
     StateBatch,
     StateWrite,
-    merge_state_batches,
 )
-from coordinator.share_state import PersistedBatch, ShareKey
+from coordinator.share_state import UNINITIALIZED_START_OFFSET, PersistedBatch, ShareKey, merge_batches
 from node.interfaces import ClusterView, LeadershipChange, LocalPartitions, monotonic_ms, wall_ms
 from node.metrics import LOAD_BUCKETS_S, LatencyRecorder
 from node.share_persister import SharePersister
@@ -530,7 +529,17 @@ class ShareManager:
     async def _write_loop(self, holder: _Holder) -> None:
         while holder.pending and not holder.dropped:
             pending, holder.pending = holder.pending, []
-            batches = merge_state_batches(b for p in pending for b in p.write.batches)
+            # Coalesce the queued writes with the coordinator's own per-offset max;
+            # nothing is dropped here, the coordinator prunes below the start offset.
+            batches = merge_batches(
+                (),
+                (
+                    PersistedBatch(b.first_offset, b.last_offset, int(b.state), b.delivery_count)
+                    for p in pending
+                    for b in p.write.batches
+                ),
+                UNINITIALIZED_START_OFFSET,
+            )
             start_offset = max(p.write.start_offset for p in pending)
             delivery_complete_count = pending[-1].write.delivery_complete_count
             started_ms = monotonic_ms()
@@ -542,7 +551,7 @@ class ShareManager:
                     holder.leader_epoch,
                     start_offset,
                     delivery_complete_count,
-                    [PersistedBatch(b.first_offset, b.last_offset, int(b.state), b.delivery_count) for b in batches],
+                    batches,
                     timeout_ms=self._write_timeout_ms,
                 )
             except OperatingError as error:

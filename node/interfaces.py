@@ -25,6 +25,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
 
+# The controller creates the internal topics, so it owns their names; they are
+# re-exported here for the node modules that address them.
+from cluster.controller import CONSUMER_OFFSETS_TOPIC, SHARE_STATE_TOPIC  # noqa: F401
+
 
 def monotonic_ms() -> int:
     return time.monotonic_ns() // 1_000_000
@@ -178,8 +182,6 @@ CoordinatorLoader = Callable[[str, int, int], Awaitable[None]]
 #: nodes. Both are node settings (`offsets.topic.num.partitions`,
 #: `share.coordinator.state.topic.num.partitions`) and must not change once
 #: the cluster has data, exactly as in Kafka.
-CONSUMER_OFFSETS_TOPIC = "__consumer_offsets"
-SHARE_STATE_TOPIC = "__share_group_state"
 DEFAULT_INTERNAL_TOPIC_PARTITIONS = 8
 
 

@@ -199,6 +199,9 @@ class _Holder:
         #: Record counts of this share partition's changes (``Change.counts`` keys),
         #: read by node/metrics.py for the per-partition counters.
         self.counts: dict[str, int] = {}
+        #: The start offset of the last durable state (loaded or written); the
+        #: partition's own start offset runs ahead of it while a write is in flight.
+        self.durable_start_offset = -1
 
     @property
     def topic_partition(self) -> TopicPartition:
@@ -407,6 +410,7 @@ class ShareManager:
             settings = await self._settings_for(key.group_id)
             state_epoch, start_offset, batches = await self._read_or_initialize(holder, settings)
             partition = SharePartition(partition_settings(settings), start_offset, batches)
+            holder.durable_start_offset = start_offset
         except OperatingError as error:
             if self._holders.get(key) is holder:
                 del self._holders[key]
@@ -566,6 +570,7 @@ class ShareManager:
                 # Rule 4: memory is ahead of the durable state; reload from it.
                 self._drop(holder, code, f"a state write failed: {error.code.name}")
                 return
+            holder.durable_start_offset = max(holder.durable_start_offset, start_offset)
             latency_ms = monotonic_ms() - started_ms
             self.state_write_latency_ms_sum += latency_ms
             self.last_state_write_latency_ms = latency_ms
@@ -1068,6 +1073,7 @@ class ShareManager:
                 end_offset=partition.end_offset, state_epoch=holder.state_epoch, leader_epoch=holder.leader_epoch,
                 delivery_complete_count=partition.delivery_complete_count, lag=partition.lag(high_watermark),
                 high_watermark=high_watermark, leader_id=self._cluster.node_id,
+                durable_start_offset=holder.durable_start_offset,
             )
             for first, last, record_state, count, member, deadline_ms in partition.runs():
                 state.runs.add(

@@ -1129,7 +1129,7 @@ class StateRun(_message.Message):
     def __init__(self, first_offset: _Optional[int] = ..., last_offset: _Optional[int] = ..., state: _Optional[int] = ..., delivery_count: _Optional[int] = ..., member_id: _Optional[str] = ..., lock_deadline_ms: _Optional[int] = ...) -> None: ...
 
 class SharePartitionState(_message.Message):
-    __slots__ = ("topic", "partition", "error_code", "error_message", "start_offset", "end_offset", "state_epoch", "leader_epoch", "delivery_complete_count", "lag", "high_watermark", "runs", "leader_id")
+    __slots__ = ("topic", "partition", "error_code", "error_message", "start_offset", "end_offset", "state_epoch", "leader_epoch", "delivery_complete_count", "lag", "high_watermark", "runs", "leader_id", "durable_start_offset")
     TOPIC_FIELD_NUMBER: _ClassVar[int]
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
@@ -1143,6 +1143,7 @@ class SharePartitionState(_message.Message):
     HIGH_WATERMARK_FIELD_NUMBER: _ClassVar[int]
     RUNS_FIELD_NUMBER: _ClassVar[int]
     LEADER_ID_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_START_OFFSET_FIELD_NUMBER: _ClassVar[int]
     topic: str
     partition: int
     error_code: ErrorCode
@@ -1156,7 +1157,8 @@ class SharePartitionState(_message.Message):
     high_watermark: int
     runs: _containers.RepeatedCompositeFieldContainer[StateRun]
     leader_id: int
-    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., error_code: _Optional[_Union[ErrorCode, str]] = ..., error_message: _Optional[str] = ..., start_offset: _Optional[int] = ..., end_offset: _Optional[int] = ..., state_epoch: _Optional[int] = ..., leader_epoch: _Optional[int] = ..., delivery_complete_count: _Optional[int] = ..., lag: _Optional[int] = ..., high_watermark: _Optional[int] = ..., runs: _Optional[_Iterable[_Union[StateRun, _Mapping]]] = ..., leader_id: _Optional[int] = ...) -> None: ...
+    durable_start_offset: int
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., error_code: _Optional[_Union[ErrorCode, str]] = ..., error_message: _Optional[str] = ..., start_offset: _Optional[int] = ..., end_offset: _Optional[int] = ..., state_epoch: _Optional[int] = ..., leader_epoch: _Optional[int] = ..., delivery_complete_count: _Optional[int] = ..., lag: _Optional[int] = ..., high_watermark: _Optional[int] = ..., runs: _Optional[_Iterable[_Union[StateRun, _Mapping]]] = ..., leader_id: _Optional[int] = ..., durable_start_offset: _Optional[int] = ...) -> None: ...
 
 class DescribeSharePartitionsRequest(_message.Message):
     __slots__ = ("group_id", "partitions")

@@ -272,6 +272,7 @@ def test_members_get_disjoint_records_and_accept_is_durable(tmp_path):
                 for r in acquired(ack2)])]))
         described = services.share_manager.DescribeSharePartitions(shoal_pb2.DescribeSharePartitionsRequest(group_id="g"))
         assert described.partitions[0].start_offset == 20
+        assert described.partitions[0].durable_start_offset == 20  # the acks' replies waited for it
         assert described.partitions[0].lag == 0
         # Durable: a fresh node process on the same logs sees the start offset.
         await services.stop()

@@ -27,7 +27,7 @@ only if its fetch was invoked after the ACCEPT completed.
 | delivery-count-out-of-range    | I7  | a delivery count below 1 or above the delivery limit. |
 | delivery-count-regression      | I7  | a delivery certainly after another carries a lower delivery count. |
 | start-offset-regression        | I8  | one node's sampled share-partition start offset moved backwards. |
-| delivery-below-start-offset    | I8  | a fetch invoked after a sample saw start offset S returned an offset below S. Both I8 checks skip samples from a deposed leader (leader epoch below one the observer had already recorded): a stale read, not the start offset. |
+| delivery-below-start-offset    | I8  | a fetch invoked after a sample saw start offset S returned an offset below S. Both I8 checks skip samples from a deposed leader (leader epoch below one the observer had already recorded, or superseded later while the node was partitioned or paused): a stale read, not the start offset. |
 | delivered-then-truncated       | I9  | a read value that is in no final log, and whose offset is a hole or past the end of every final log that covers its partition. |
 | batch-order                    | I10 | offsets of one partition within one response are not strictly increasing, or one share-fetch response carries two lock deadlines for one partition. |
 | phantom-terminal               | I11 | a record terminal at the end with no evidence: ACKNOWLEDGED needs an ACCEPT invoked (not definitely failed) by a member that was delivered the record; ARCHIVED needs such a REJECT, or the delivery limit reachable (highest delivery count seen + fetches with unknown outcome >= limit); below the start offset needs either. |
@@ -70,6 +70,7 @@ from tests.chaos.history import (
     FAULT_EVENTS,
     NEMESIS_EVENTS,
     RECOVERY_EVENTS,
+    INCOMPLETE_NS,
     HistoryFormatError,
     Op,
     Operation,
@@ -745,20 +746,42 @@ class _Analysis:
                 newest = event.value["epoch"] if newest is None else max(newest, event.value["epoch"])
         return newest
 
+    def _cut_off(self, node: Any, time_ns: int) -> bool:
+        """Whether `node` was behind a network partition or paused at `time_ns`."""
+        cut = False
+        for event in self.disruptions:
+            if event.time_ns > time_ns:
+                break
+            value = event.value if isinstance(event.value, dict) else {}
+            if event.f in ("partition", "pause") and node in (value.get("targets") or []):
+                cut = True
+            elif event.f == "heal" or (event.f == "resume" and node in (value.get("targets") or [])):
+                cut = False
+        return cut
+
     def stale_sample(self, sample: Op) -> bool:
-        """A sample from a deposed leader: its leader epoch is below one already observed.
+        """A sample from a deposed leader.
 
         Such a node (isolated, or paused through the election) still answers from its
         in-memory share state, which may have moved past what it could make durable
         (a lock expiry archiving a record at the limit needs no client, but its write
         cannot reach the share-state log from the wrong side of a partition). It is a
-        stale read (reliability-plan §6.5), not the partition's start offset.
+        stale read (reliability-plan §6.5), not the partition's start offset. A sample
+        is stale when its leader epoch is below one the observer had already recorded,
+        or when its node was cut off (partitioned or paused) at the time and its epoch
+        was superseded later: the observer polls, so it learns of a new leader up to
+        a poll interval after the controller chose it.
         """
         epoch = sample.value.get("leader_epoch")
         if epoch is None:
             return False
-        newest = self._newest_epoch_before(_partition(sample.value["partition"]), sample.time_ns)
-        return newest is not None and epoch < newest
+        partition = _partition(sample.value["partition"])
+        newest = self._newest_epoch_before(partition, sample.time_ns)
+        if newest is not None and epoch < newest:
+            return True
+        final = self._newest_epoch_before(partition, INCOMPLETE_NS)
+        node = sample.value.get("node", sample.node)
+        return final is not None and epoch < final and self._cut_off(node, sample.time_ns)
 
     def check_start_offsets(self) -> dict[str, list[dict[str, Any]]]:
         found: dict[str, list[dict[str, Any]]] = defaultdict(list)

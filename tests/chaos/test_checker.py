@@ -402,17 +402,26 @@ def test_delivery_count_regression() -> None:
     assert flagged(result) == {"delivery-count-regression"}
 
 
-def _zombie_sample_run(sample_epoch: int) -> Run:
-    """n1 leads partition 0 at epoch 1 and is deposed (epoch 2 goes to n2); n1 then
-    reports start offset 1, and n2 delivers offset 0 again after its lock expired."""
+def _zombie_sample_run(sample_epoch: int, observed_first: bool = True, cut_off: bool = False) -> Run:
+    """n1 leads partition 0 at epoch 1 and is deposed (epoch 2 goes to n2); n1
+    reports start offset 1 (after the observer saw the change, or just before), and
+    n2 delivers offset 0 again after its lock expired."""
     run = Run()
     run.produce(0, "P1-0", 0)
     run.event("sample", {"node": "n1", "partition": 0, "start_offset": 0, "high_watermark": 1, "leader_epoch": 1})
     run.fetch("m1", [(0, 0, "P1-0", 1)], node="n1", epoch=1)
-    run.event("leader_change", {"partition": 0, "old": "n1", "new": "n2", "old_epoch": 1, "epoch": 2})
+    if cut_off:
+        run.event("partition", {"kind": "isolate", "targets": ["n1"], "groups": [["n1"], ["n2", "n3"]]})
+    change = {"partition": 0, "old": "n1", "new": "n2", "old_epoch": 1, "epoch": 2}
+    if observed_first:
+        run.event("leader_change", change)
     run.event(
         "sample", {"node": "n1", "partition": 0, "start_offset": 1, "high_watermark": 1, "leader_epoch": sample_epoch}
     )
+    if not observed_first:
+        run.event("leader_change", change)
+    if cut_off:
+        run.event("heal", {"targets": ["n1", "n2", "n3"], "what": "network"})
     run.tick(LOCK_MS)
     run.fetch("m2", [(0, 0, "P1-0", 2)], node="n2", epoch=2)
     run.ack("m2", [(0, 0, "ACCEPT")])
@@ -426,6 +435,16 @@ def test_a_deposed_leaders_start_offset_is_a_stale_read() -> None:
     assert result.stats["stale_samples_ignored"] == 1
     # The same start offset from the current leader epoch is authoritative.
     result = run_check(_zombie_sample_run(sample_epoch=2))
+    assert flagged(result) == {"delivery-below-start-offset"}
+
+
+def test_a_cut_off_leaders_start_offset_before_the_observer_saw_the_change_is_stale() -> None:
+    # The observer polls: the sample came before it recorded epoch 2, but n1 was isolated.
+    result = run_check(_zombie_sample_run(sample_epoch=1, observed_first=False, cut_off=True))
+    assert flagged(result) == set()
+    assert result.stats["stale_samples_ignored"] == 1
+    # Not cut off, and epoch 1 still the newest known: the sample stands.
+    result = run_check(_zombie_sample_run(sample_epoch=1, observed_first=False, cut_off=False))
     assert flagged(result) == {"delivery-below-start-offset"}
 
 

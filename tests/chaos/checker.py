@@ -26,7 +26,7 @@ only if its fetch was invoked after the ACCEPT completed.
 | lock-overlap-suspect (warning) | I6  | of two deliveries of a record, the one with the higher delivery count (the later grant, whatever the fetch invoke order) certainly completed before the lower count's lock could have expired (`fetch2.complete < fetch1.invoke + lock_duration - slack`), with no ack, leave, crash, nemesis event or leader change of the holder or partition in between. A warning only: mutual exclusion is a broker-side property that needs the broker trace to prove. |
 | delivery-count-out-of-range    | I7  | a delivery count below 1 or above the delivery limit. |
 | delivery-count-regression      | I7  | a delivery certainly after another carries a lower delivery count. |
-| start-offset-regression        | I8  | one node's sampled share-partition start offset moved backwards. |
+| start-offset-regression        | I8  | one node's sampled share-partition start offset (the durable one when reported) moved backwards. |
 | delivery-below-start-offset    | I8  | a fetch invoked after a sample saw start offset S returned an offset below S. Both I8 checks skip samples from a deposed leader (leader epoch below one the observer had already recorded, or superseded later while the node was partitioned or paused): a stale read, not the start offset. |
 | delivered-then-truncated       | I9  | a read value that is in no final log, and whose offset is a hole or past the end of every final log that covers its partition. |
 | batch-order                    | I10 | offsets of one partition within one response are not strictly increasing, or one share-fetch response carries two lock deadlines for one partition. |
@@ -790,7 +790,7 @@ class _Analysis:
         stale = 0
         for sample in self.samples:
             value = sample.value
-            if value.get("start_offset") is None:
+            if _sample_start(value) is None:
                 continue
             if self.stale_sample(sample):
                 stale += 1
@@ -801,18 +801,18 @@ class _Analysis:
             highest = highest_by_node.get(key)
             if highest is not None and self.reset_between(partition, highest.time_ns, sample.time_ns):
                 highest = None
-            if highest is not None and value["start_offset"] < highest.value["start_offset"]:
+            if highest is not None and _sample_start(value) < _sample_start(highest.value):
                 found["start-offset-regression"].append(
                     _evidence(
                         [highest.index, sample.index],
                         node=key[0],
                         partition=partition,
-                        earlier=highest.value["start_offset"],
-                        later=value["start_offset"],
+                        earlier=_sample_start(highest.value),
+                        later=_sample_start(value),
                     )
                 )
                 continue
-            if highest is None or value["start_offset"] >= highest.value["start_offset"]:
+            if highest is None or _sample_start(value) >= _sample_start(highest.value):
                 highest_by_node[key] = sample
         # Deliveries below a start offset some node had already reported. Per partition,
         # best[i] is the highest start offset sampled from the last reset up to sample i.
@@ -825,7 +825,7 @@ class _Analysis:
                     partition, samples[position - 1].time_ns, sample.time_ns
                 ):
                     previous = None
-                if previous is None or sample.value["start_offset"] > previous.value["start_offset"]:
+                if previous is None or _sample_start(sample.value) > _sample_start(previous.value):
                     previous = sample
                 best.append(previous)
             for delivery in self.deliveries:
@@ -835,13 +835,13 @@ class _Analysis:
                 if position < 0 or self.reset_between(partition, times[position], delivery.fetch.invoke_ns):
                     continue
                 bound = best[position]
-                if delivery.offset < bound.value["start_offset"]:
+                if delivery.offset < _sample_start(bound.value):
                     found["delivery-below-start-offset"].append(
                         _evidence(
                             [bound.index] + delivery.fetch.indices,
                             partition=partition,
                             offset=delivery.offset,
-                            start_offset=bound.value["start_offset"],
+                            start_offset=_sample_start(bound.value),
                         )
                     )
         self.stats["stale_samples_ignored"] = stale
@@ -1177,6 +1177,19 @@ class _Analysis:
                 "final_dump_nodes": sorted(map(str, self.final)),
             }
         )
+
+
+def _sample_start(value: Mapping[str, Any]) -> int | None:
+    """The start offset a sample vouches for: the durable one when the node reports it.
+
+    A leader's live start offset runs ahead of its share-state log while a write is in
+    flight (an ACCEPT being made durable); a failover in that window restarts from the
+    durable one, so only that one must never move back (I8).
+    """
+    durable = value.get("durable_start_offset")
+    if durable is not None and durable >= 0:
+        return durable
+    return value.get("start_offset")
 
 
 def check(

@@ -33,8 +33,9 @@ Rules
   - `consume` (classic consumer-group poll): invoke `{"member"}` -> ok
     `{"records": [{"partition", "offset", "value"}]}`.
 * Events (written by `HistoryRecorder.event`, type "info"):
-  - `sample`: `{"node", "partition", "start_offset", "high_watermark",
-    "log_start_offset"}` from the admin sampler;
+  - `sample`: `{"node", "partition", "start_offset", "durable_start_offset",
+    "high_watermark", "leader_epoch", "state_epoch"}` from the admin sampler
+    (`durable_start_offset`: as of the last durable share-state write);
   - member lifecycle `join`, `leave`, `crash`: `{"member"}`;
   - nemesis `kill`, `restart`, `pause`, `resume`, `partition`, `heal`, `clock`,
     `kill_all`: `{"targets": [...], ...}`; `admin_reset`: `{"partition"}` (null

@@ -448,6 +448,34 @@ def test_a_cut_off_leaders_start_offset_before_the_observer_saw_the_change_is_st
     assert flagged(result) == {"delivery-below-start-offset"}
 
 
+def _in_flight_accept_run(durable: int | None) -> Run:
+    """n1's live start offset passed offset 0 on an ACCEPT whose write was in flight
+    (the ack's outcome is unknown); n1 dies, n2 loads the durable state and delivers
+    offset 0 again. Safe: the ACCEPT never completed."""
+    run = Run()
+    run.produce(0, "P1-0", 0)
+    run.fetch("m1", [(0, 0, "P1-0", 1)], node="n1", epoch=1)
+    run.ack("m1", [(0, 0, "ACCEPT")], outcome="info")
+    run.event(
+        "sample",
+        {"node": "n1", "partition": 0, "start_offset": 1, "durable_start_offset": durable, "leader_epoch": 1},
+    )
+    run.event("kill", {"targets": ["n1"]})
+    run.tick(LOCK_MS)
+    run.fetch("m2", [(0, 0, "P1-0", 2)], node="n2", epoch=2)
+    run.ack("m2", [(0, 0, "ACCEPT")])
+    run.dumps({0: "P1-0"}, start_offset=1)
+    return run
+
+
+def test_start_offset_checks_use_the_durable_start_offset_when_reported() -> None:
+    assert flagged(run_check(_in_flight_accept_run(durable=0))) == set()
+    # Durable at 1 and delivered again below it: the share state went back.
+    assert flagged(run_check(_in_flight_accept_run(durable=1))) == {"delivery-below-start-offset"}
+    # Without a durable value, the live one is all there is.
+    assert flagged(run_check(_in_flight_accept_run(durable=None))) == {"delivery-below-start-offset"}
+
+
 def test_start_offset_regression_in_samples() -> None:
     run = clean_run()
     run.sample("n2", 0, 3)

@@ -333,6 +333,9 @@ class Workload:
                             "node": node_id,
                             "partition": state.partition,
                             "start_offset": state.start_offset,
+                            # The start offset as of the last durable share-state write;
+                            # the live one runs ahead of it while a write is in flight.
+                            "durable_start_offset": state.durable_start_offset,
                             "high_watermark": state.high_watermark,
                             "leader_epoch": state.leader_epoch,
                             "state_epoch": state.state_epoch,

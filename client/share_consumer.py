@@ -252,6 +252,7 @@ class ShareConsumer:
         self._renewable: dict[tuple[TopicPartition, int], ConsumerRecord] = {}
         self._sessions: dict[int, _Session] = {}
         self._budget_rotation = 0  # which node gets the remainder of a record_limit budget
+        self._unknown_fetch_outcomes: dict[int, Exception] = {}  # since the start of the last poll
         self._io_lock = threading.RLock()  # sessions and the book: poll vs commit_async
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="shoal-share-fetch")
         self._async_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-share-commit")
@@ -339,6 +340,7 @@ class ShareConsumer:
         with self._io_lock:
             self._book.check_can_poll()
             self._last_poll = time.monotonic()
+            self._unknown_fetch_outcomes = {}
             self._prepare_acknowledgements()
         deadline = time.monotonic() + max(0.0, timeout)
         while True:
@@ -440,6 +442,16 @@ class ShareConsumer:
     def set_acknowledgement_commit_callback(self, callback: AckCallback | None) -> None:
         """``callback(offsets, exception)`` runs once per partition when its acknowledgements complete."""
         self._ack_callback = callback
+
+    def unknown_fetch_outcomes(self) -> dict[int, Exception]:
+        """Nodes whose ShareFetch failed in transit during the last ``poll``, with the error.
+
+        Such a node may have acquired records for this member (counting a delivery
+        attempt) before its reply was lost; they come back after their locks
+        expire. A harness that records what was delivered (the chaos workload)
+        marks those fetches as of unknown outcome; applications need not.
+        """
+        return dict(self._unknown_fetch_outcomes)
 
     def buffered_records(self) -> list[ConsumerRecord]:
         """Records already acquired by a fetch but not returned by ``poll`` yet.
@@ -772,6 +784,9 @@ class ShareConsumer:
             response = self._conn.call(address, "ShareFetch", request, self._cfg["request.timeout.ms"] + max_wait_ms)
         except ShoalError as exc:
             # The node may have restarted: its session (and our locks) are gone.
+            # Whether it acquired records for us before the reply was lost is
+            # unknown; a test harness reads that through unknown_fetch_outcomes().
+            self._unknown_fetch_outcomes[node_id] = exc
             session.reset()
             self._conn.invalidate()
             for tp in acks:

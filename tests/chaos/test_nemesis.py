@@ -68,6 +68,18 @@ def _wait_listening(host: str, port: int, timeout_s: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on {host}:{port}")
 
 
+def _wait_stopped(pid: int, timeout_s: float) -> None:
+    """Wait until /proc says the process is stopped (state T)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        # /proc/<pid>/stat: "pid (comm) state ..."; comm may hold spaces, so split after ")".
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state in ("T", "t"):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"process {pid} did not stop within {timeout_s} s")
+
+
 def _ping(connection: socket.socket, timeout_s: float) -> bool:
     connection.settimeout(timeout_s)
     try:
@@ -159,6 +171,9 @@ def test_pause_stops_answering_until_resume(processes: ProcessSet, recorder: His
     with connection:
         assert _ping(connection, 2.0)
         nemesis.pause(1)
+        # kill(SIGSTOP) returns before the target has stopped; on a loaded machine
+        # it can still serve a request first. Wait until the kernel says stopped.
+        _wait_stopped(processes.processes[1].pid, timeout_s=5.0)
         assert not _ping(connection, 0.5), "a SIGSTOPped process answered"
         nemesis.resume(1)
         # The ping sent while paused is answered first, then a fresh one.

@@ -554,10 +554,14 @@ class Workload:
                 "leader_epoch": record.leader_epoch,
             }
             (by_node[record.node_id] if record.node_id in by_node else unattributed).append(entry)
+        lost = consumer.unknown_fetch_outcomes()
         for node_id, handle in handles.items():
-            if error is not None and not by_node[node_id]:
-                # Nothing of this node is known to have been acquired, but a reply may have been lost.
-                handle.info(f"{type(error).__name__}: {str(error)[:200]}")
+            node_error = lost.get(node_id, error)
+            if node_error is not None and not by_node[node_id]:
+                # Nothing of this node is known to have been acquired, but a reply may
+                # have been lost: the poll itself may succeed while one node's fetch
+                # failed in transit after it acquired (and durably counted) records.
+                handle.info(f"{type(node_error).__name__}: {str(node_error)[:200]}")
             else:
                 handle.ok({"records": by_node[node_id]}, node=node_id)
         if unattributed:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import random
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -32,3 +37,62 @@ def test_readme_client_example_runs(tmp_path: Path) -> None:
     # The share consumer's single poll received records produced just before.
     assert processed, "the README's share consumer received nothing"
     assert all(value.startswith(b"job-") for value in processed)
+
+
+def readme_cli_tour() -> list[str]:
+    """The command lines of the README's CLI tour, comments stripped."""
+    text = (REPO_ROOT / "README.md").read_text()
+    block = re.search(r"## A tour of the CLI\n\n```sh\n(.*?)```", text, flags=re.DOTALL)
+    assert block, "README.md has no CLI tour block"
+    lines = []
+    for line in block.group(1).splitlines():
+        command = re.sub(r"\s+#\s.*$", "", line).strip()
+        if command:
+            lines.append(command)
+    return lines
+
+
+def _free_base_port() -> int:
+    """A base port whose gRPC, Raft and metrics ranges (base, +100, +200; 3 each) are all free."""
+    for _ in range(50):
+        base = random.randrange(30_000, 60_000)
+        ports = [base + offset + i for offset in (0, 100, 200) for i in range(3)]
+        try:
+            for port in ports:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range for shoal cluster up")
+
+
+def test_readme_cli_tour_runs(tmp_path: Path) -> None:
+    """Every line of the README's CLI tour exits 0 against a real cluster (``shoal top`` is interactive:
+    tests/integration/test_top.py drives it in a terminal)."""
+    tour = readme_cli_tour()
+    assert tour[0].startswith("export SHOAL_BOOTSTRAP=")
+    shoal_bin = Path(sys.executable).parent
+    base_port = _free_base_port()
+    detached_dir = tmp_path / "detached"
+    outputs: dict[str, str] = {}
+    with start_cluster(3, tmp_path / "cluster") as cluster:
+        env = {**os.environ, "PATH": f"{shoal_bin}{os.pathsep}{os.environ['PATH']}", "SHOAL_BOOTSTRAP": cluster.bootstrap}
+        try:
+            for command in tour[1:]:
+                if command == "shoal top":
+                    continue
+                command = command.replace("--data-dir /tmp/c", f"--data-dir {detached_dir}").replace("29092", str(base_port))
+                # The tour's consume line follows new records forever; bound it as a user would with Ctrl-C.
+                if command.startswith("shoal consume "):
+                    command += " --max-records 100"
+                done = subprocess.run(["bash", "-c", command], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                assert done.returncode == 0, f"{command!r} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+                outputs[command] = done.stdout
+        finally:
+            subprocess.run(["shoal", "cluster", "down", "--data-dir", str(detached_dir)], env=env, capture_output=True, timeout=60)
+
+    consumed = [out for command, out in outputs.items() if command.startswith("shoal share-consume")]
+    assert len(consumed) == 2 and all("job-" in out for out in consumed), consumed
+    describe = next(out for command, out in outputs.items() if "describe workers --offsets" in command)
+    assert "jobs" in describe

@@ -1,7 +1,8 @@
 """PartitionLog: the replica of one topic partition on disk.
 
 A directory of segments (see ``segment.py``), each named after its base
-offset, plus three checkpoints:
+offset, producer-state snapshots (``{offset:020d}.snapshot``, see
+``producer_snapshot.py``) and three checkpoints:
 
 * ``leader-epoch-checkpoint``: epoch -> start offset (``leader_epoch.py``);
 * ``log-start-offset-checkpoint``: the log start offset, which DeleteRecords
@@ -30,17 +31,24 @@ clock; ``next_flush_deadline_ms()`` tells the shell when to call
 ``maybe_flush``.
 
 Theory of operation: the open procedure lists the segments, drops leftovers of
-interrupted operations, then walks every segment's batch headers once (with
-CRC checks from the recovery point on), rebuilding the producer state, the
-indexes and, when its checkpoint is unreadable, the leader epoch cache. An
-append validates, checks producer sequences, stamps, rolls the active segment
-if needed, writes, then updates indexes, producer state and epochs. A read
-finds the segment by bisecting base offsets and the position through the
-sparse index, and returns bytes from one pread per segment.
+interrupted operations, loads the newest producer-state snapshot, then walks
+every segment's batch headers once (with CRC checks from the recovery point
+on), rebuilding the indexes and, when its checkpoint is unreadable, the leader
+epoch cache, and replaying into the producer state only the batches at or
+above the snapshot's offset. If recovery cut the log below that offset, the
+snapshot is deleted and the state reloaded from an older one. An append
+validates, checks producer sequences, stamps, rolls the active segment if
+needed (snapshotting the producer state at the new base offset), writes, then
+updates indexes, producer state and epochs. A read finds the segment by
+bisecting base offsets and the position through the sparse index, and returns
+bytes from one pread per segment. A truncation deletes the snapshots above the
+new end and, if it removed batches the producer state remembers, reloads the
+state from the newest remaining snapshot plus the batches after it.
 
-Known costs: the producer state is rebuilt from all batch headers on open (no
-producer-state snapshot yet), and each compaction pass decodes every closed
-segment (no cleaner checkpoint yet); both are linear in the log's batches.
+Known costs: opening still walks every batch header of every segment to
+rebuild the in-memory indexes (the snapshot spares only the producer-state
+replay), and each compaction pass decodes every closed segment (no cleaner
+checkpoint yet); both are linear in the log's batches.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ from node.log.errors import (
 )
 from node.log.leader_epoch import EpochEntry, LeaderEpochCache
 from node.log.leader_epoch import FILE_NAME as LEADER_EPOCH_FILE_NAME
+from node.log.producer_snapshot import ProducerSnapshots
 from node.log.producer_state import ProducerStateManager
 from node.log.segment import (
     CLEANED_SUFFIX,
@@ -127,10 +136,16 @@ class PartitionLog:
         # the checkpoint and their deletion.
         while len(base_offsets) > 1 and base_offsets[1] <= log_start_offset:
             self._delete_segment_files(base_offsets.pop(0))
+        self._snapshots = ProducerSnapshots(self.directory)
+        # A snapshot below the oldest segment would skip the batches between
+        # its offset and that segment, which retention or DeleteRecords deleted.
+        self._snapshots.delete_below(base_offsets[0] if base_offsets else log_start_offset)
+        replay_from = self._load_latest_snapshot()
         rebuilt_epochs: list[EpochEntry] = []
 
         def on_batch(header: BatchHeader) -> None:
-            self._producers.record(header, header.max_timestamp)
+            if header.base_offset >= replay_from:
+                self._producers.record(header, header.max_timestamp)
             if header.leader_epoch >= 0 and (not rebuilt_epochs or header.leader_epoch > rebuilt_epochs[-1].epoch):
                 rebuilt_epochs.append(EpochEntry(header.leader_epoch, header.base_offset))
 
@@ -161,6 +176,11 @@ class PartitionLog:
         self._check_segment_order()
 
         log_end_offset = self.log_end_offset
+        if replay_from > log_end_offset:
+            # Recovery cut a torn tail below the snapshot: it describes batches
+            # that are gone. Unflushed bytes are lost with a crash, while the
+            # snapshot of a roll was synced at once.
+            self._reload_producer_state()
         self._log_start_offset = max(min(log_start_offset, log_end_offset), self._segments[0].base_offset)
         if self._log_start_offset > log_end_offset:
             self._log_start_offset = log_end_offset
@@ -332,6 +352,10 @@ class PartitionLog:
     def _roll(self, base_offset: int) -> None:
         active = self._segments[-1]
         assert base_offset >= active.next_offset
+        # Kafka's rule: every new segment starts with a snapshot at its base
+        # offset, so that an open replays at most the active segment. Taken
+        # first, a failed write refuses the roll and changes nothing.
+        self._take_snapshot(base_offset)
         if active.size_bytes == 0:
             # An empty active segment is replaced rather than kept as a
             # zero-length file in the middle of the log.
@@ -416,6 +440,9 @@ class PartitionLog:
         """Delete everything and restart the empty log at ``offset`` (a follower far behind the leader)."""
         self._check_open()
         assert offset >= 0
+        # Snapshots first: after a crash in between, old segments without
+        # snapshots are rebuilt in full, never the other way round.
+        self._snapshots.delete_all()
         for segment in self._segments:
             segment.delete()
         self._segments = [Segment.create(self.directory, offset, self.config.index_interval_bytes)]
@@ -431,14 +458,40 @@ class PartitionLog:
         self._recovery_point = min(self._recovery_point, new_end)
         self._write_recovery_point()
         self._persist_log_start_offset()
+        # Even when no remembered batch was cut, a snapshot above the new end
+        # must go: the log will grow past its offset with batches it never saw.
+        self._snapshots.delete_above(new_end)
         if self._producers.has_batches_from(new_end):
-            self._rebuild_producer_state()
+            self._reload_producer_state()
 
-    def _rebuild_producer_state(self) -> None:
-        self._producers.clear()
-        for segment in self._segments:
-            for _, header in segment.walk_from(0):
-                self._producers.record(header, header.max_timestamp)
+    # -------------------------------------------------------- producer state
+
+    def _take_snapshot(self, offset: int) -> None:
+        """Write the producer state as of ``offset``; every batch below it must have been recorded."""
+        self._snapshots.write(offset, self._producers.entries())
+
+    def _load_latest_snapshot(self) -> int:
+        """Load the newest usable snapshot (or nothing); return the offset from which batches must be replayed."""
+        latest = self._snapshots.read_latest()
+        if latest is None:
+            self._producers.clear()
+            return 0
+        offset, entries = latest
+        self._producers.load(entries)
+        return offset
+
+    def _reload_producer_state(self) -> None:
+        """The newest snapshot at or below the log end offset, plus the batches after it."""
+        self._snapshots.delete_above(self.log_end_offset)
+        replay_from = self._load_latest_snapshot()
+        first = max(0, bisect.bisect_right(self._base_offsets(), replay_from) - 1)
+        for segment in self._segments[first:]:
+            found = segment.find_batch(replay_from)
+            if found is None:
+                continue
+            for _, header in segment.walk_from(found[0]):
+                if header.base_offset >= replay_from:
+                    self._producers.record(header, header.max_timestamp)
 
     def delete_records_before(self, offset: int) -> int:
         """DeleteRecords: advance the log start offset to ``offset``; return the new log start offset.
@@ -467,6 +520,7 @@ class PartitionLog:
         while len(self._segments) > 1 and self._segments[1].base_offset <= self._log_start_offset:
             self._segments.pop(0).delete()
             deleted += 1
+        self._snapshots.delete_below(self._segments[0].base_offset)
         return deleted
 
     def enforce_retention(self, now_ms: int, max_offset: int | None = None) -> int:
@@ -500,6 +554,7 @@ class PartitionLog:
             self._log_start_offset = max(self._log_start_offset, self._segments[0].base_offset)
             self._persist_log_start_offset()
             self._epochs.truncate_from_start(self._log_start_offset)
+            self._snapshots.delete_below(self._segments[0].base_offset)
             logger.info(
                 "%s: retention deleted %d segments; log start offset is now %d",
                 self.directory,
@@ -674,11 +729,16 @@ class PartitionLog:
             raise KafkaStorageError(f"cannot write the log start offset of {self.directory}: {error}") from error
 
     def close(self) -> None:
-        """Flush and release the files. The log object is unusable afterwards."""
+        """Flush, snapshot the producer state at the log end offset, release the files.
+
+        The log object is unusable afterwards.
+        """
         if self._closed:
             return
         try:
             self.flush()
+            # A clean shutdown leaves nothing to replay on the next open.
+            self._take_snapshot(self.log_end_offset)
         finally:
             for segment in self._segments:
                 segment.close()

@@ -27,6 +27,10 @@ are kept (least recently appended evicted first).
 Checking is separate from recording: ``check_leader_append`` reads the state
 and raises or reports a duplicate; the caller writes the batches and only then
 calls ``record``. A refused or failed append leaves the state unchanged.
+
+The state survives restarts through snapshot files (``producer_snapshot.py``):
+``entries`` exports it in eviction order and ``load`` puts it back, after which
+the log replays only the batches appended since the snapshot.
 """
 
 from __future__ import annotations
@@ -79,6 +83,20 @@ class ProducerStateManager:
 
     def entry(self, producer_id: int) -> ProducerEntry | None:
         return self._entries.get(producer_id)
+
+    def entries(self) -> list[ProducerEntry]:
+        """Every entry, least recently appended first (the order in which max_producer_ids evicts)."""
+        return list(self._entries.values())
+
+    def load(self, entries: list[ProducerEntry]) -> None:
+        """Replace the state with ``entries`` (least recently appended first), as a snapshot holds them."""
+        self._entries.clear()
+        for entry in entries:
+            assert entry.producer_id not in self._entries, f"producer {entry.producer_id} loaded twice"
+            self._entries[entry.producer_id] = entry
+            # max_producer_ids may have shrunk since the snapshot was written.
+            if len(self._entries) > self.max_producer_ids:
+                self._entries.popitem(last=False)
 
     def check_leader_append(self, headers: list[BatchHeader]) -> BatchMetadata | None:
         """Validate producer batches in append order; return the original batch if this is a retry."""

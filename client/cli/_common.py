@@ -43,6 +43,17 @@ class CliContext:
         config.update(extra)
         return config
 
+    def require_topic(self, topic: str) -> None:
+        """Raise UnknownTopicOrPartitionError at once if ``topic`` does not exist.
+
+        The clients wait for a topic to appear (a producer up to max.block.ms, a
+        consumer forever, as in Kafka); at a terminal a typo should fail fast.
+        """
+        from client.admin import Admin
+
+        with Admin(self.client_config()) as admin:
+            admin.describe_topics([topic])[topic].result()
+
     def emit_json(self, data: Any) -> None:
         click.echo(json.dumps(data, default=_json_default, sort_keys=False))
 

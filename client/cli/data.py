@@ -27,6 +27,7 @@ from client.types import AcknowledgeType, ConsumerRecord, RecordMetadata, TopicP
 @handle_errors
 def produce(ctx: CliContext, topic: str, key_separator: str | None, acks: str, partition: int | None, compression: str, linger_ms: int) -> None:
     """Send the lines of stdin to TOPIC, one record per line."""
+    ctx.require_topic(topic)
     config = ctx.client_config(
         acks=acks,
         **{"compression.type": compression, "linger.ms": linger_ms, "max.block.ms": 15000},
@@ -102,6 +103,7 @@ def consume(ctx: CliContext, topic: str, from_beginning: bool, partition: int | 
     received = 0
     with Consumer(config) as consumer:
         if group:
+            ctx.require_topic(topic)
             consumer.subscribe([topic])
         else:
             partitions = [partition] if partition is not None else consumer.partitions_for(topic)
@@ -143,6 +145,7 @@ _ACKS = {"accept": AcknowledgeType.ACCEPT, "release": AcknowledgeType.RELEASE, "
 @handle_errors
 def share_consume(ctx: CliContext, topic: str, group: str, ack: str, max_records: int | None, timeout: float | None, print_metadata: bool) -> None:
     """Consume TOPIC as a member of share group GROUP, acknowledging every record."""
+    ctx.require_topic(topic)
     config = ctx.client_config(**{"group.id": group, "share.acknowledgement.mode": "explicit"})
     if max_records is not None:
         config["max.poll.records"] = max_records

@@ -124,6 +124,22 @@ def test_operation_failures_exit_1_with_named_errors(cluster: Cluster) -> None:
     assert bad_config.returncode == 1 and "INVALID_CONFIG" in bad_config.stderr
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("produce", "no-such-topic"),
+        ("share-consume", "no-such-topic", "--group", "g"),
+        ("consume", "no-such-topic", "--group", "g"),
+    ],
+    ids=["produce", "share-consume", "consume-group"],
+)
+def test_data_commands_fail_fast_on_a_missing_topic(cluster: Cluster, args: tuple[str, ...]) -> None:
+    # The clients would wait for the topic (max.block.ms, or forever); at a terminal a typo fails at once.
+    result = shoal(cluster, "-o", "json", *args, stdin="x\n", timeout=10)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert json.loads(result.stdout)["error"] == "UNKNOWN_TOPIC_OR_PARTITION"
+
+
 def test_unreachable_cluster_is_a_typed_failure() -> None:
     env_cluster = None
     result = shoal(env_cluster, "-b", "127.0.0.1:1", "-o", "json", "topics", "list")

@@ -8,10 +8,19 @@ index) with the default LogConfig (1 GiB segments, fsync every second of
 appends), then read back sequentially in 1 MiB fetches below the log end
 offset. Codec figures (build, decode) are per batch on one core. Timing uses
 time.perf_counter; the process clock drives now_ms.
+
+The open benchmark fills a log with 200,000 one-record batches from 1,000
+idempotent producers over several segments, closes it, and times reopening it
+three ways, interleaved: with the snapshot written on close (nothing to
+replay), with only the snapshots written at segment rolls (what a crash
+leaves: the active segment is replayed), and with every snapshot file removed
+(the producer state rebuilt from every batch header). The page cache is warm
+in all three.
 """
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 import time
@@ -25,6 +34,10 @@ from proto.batch import Compression, build_batch, decode_records, validate_batch
 RECORDS_PER_BATCH = 1000
 TARGET_BYTES = 256 * 1024 * 1024
 FETCH_BYTES = 1024 * 1024
+OPEN_BATCHES = 200_000
+OPEN_PRODUCERS = 1_000
+OPEN_SEGMENT_BYTES = 4 * 1024 * 1024
+OPEN_RUNS = 5
 
 
 def now_ms() -> int:
@@ -83,6 +96,53 @@ def bench_codec(value_bytes: int, compression: Compression) -> None:
     )
 
 
+def bench_open() -> None:
+    config = LogConfig(segment_bytes=OPEN_SEGMENT_BYTES, retention_ms=-1)
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-") as name:
+        directory = Path(name)
+        log = PartitionLog(directory, config, now_ms())
+        for index in range(OPEN_BATCHES):
+            batch = build_batch(
+                [(None, b"v" * 20, (), 1_700_000_000_000 + index)],
+                producer_id=index % OPEN_PRODUCERS,
+                producer_epoch=0,
+                base_sequence=index // OPEN_PRODUCERS,
+            )
+            log.append_as_leader(batch, 1, now_ms())
+        segments = log.segment_count
+        size_mib = log.size_bytes / 2**20
+        log.close()
+        # One record per batch, so an offset counts batches.
+        saved = {path: path.read_bytes() for path in sorted(directory.glob("*.snapshot"))}
+        offsets = [int(path.name.split(".")[0]) for path in saved]
+        cases = {
+            "snapshot on close": (list(saved), OPEN_BATCHES - offsets[-1]),
+            "roll snapshots only": (list(saved)[:-1], OPEN_BATCHES - offsets[-2]),
+            "no snapshot (full rebuild)": ([], OPEN_BATCHES),
+        }
+        seconds: dict[str, list[float]] = {case: [] for case in cases}
+        for _ in range(OPEN_RUNS):
+            for case, (kept, _) in cases.items():
+                for path in directory.glob("*.snapshot"):
+                    path.unlink()
+                for path in kept:
+                    path.write_bytes(saved[path])
+                started = time.perf_counter()
+                reopened = PartitionLog(directory, config, now_ms())
+                seconds[case].append(time.perf_counter() - started)
+                assert len(reopened.producer_state) == OPEN_PRODUCERS
+                reopened.close()
+    print(
+        f"open {OPEN_BATCHES:,} batches ({segments} segments, {size_mib:.0f} MiB, {OPEN_PRODUCERS:,} producers), "
+        f"median [min-max] of {OPEN_RUNS}:"
+    )
+    for case, values in seconds.items():
+        print(
+            f"  {case:<27} {statistics.median(values):6.3f} s [{min(values):.3f}-{max(values):.3f}], "
+            f"{cases[case][1]:,} batches replayed into the producer state"
+        )
+
+
 def main() -> None:
     print(f"python {sys.version.split()[0]}, {RECORDS_PER_BATCH} records per batch")
     for value_bytes in (100, 1024):
@@ -91,6 +151,7 @@ def main() -> None:
     for value_bytes in (100, 1024):
         for compression in (Compression.NONE, Compression.LZ4, Compression.ZSTD):
             bench_codec(value_bytes, compression)
+    bench_open()
 
 
 if __name__ == "__main__":

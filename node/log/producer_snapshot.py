@@ -165,10 +165,6 @@ class ProducerSnapshots:
                 offsets.append(int(match.group(1)))
         self._offsets = sorted(offsets)
 
-    @property
-    def offsets(self) -> list[int]:
-        return list(self._offsets)
-
     def path(self, offset: int) -> Path:
         return self.directory / snapshot_file_name(offset)
 

@@ -118,14 +118,15 @@ def test_snapshot_is_written_at_each_roll_and_on_close(tmp_path):
     assert log.segment_count >= 3
     # One snapshot at every base offset but the first (the log started empty there).
     bases = log.segment_base_offsets
-    assert snapshot_offsets(tmp_path) == bases[1:][-SNAPSHOTS_KEPT:]
-    for base in bases[1:]:
-        assert (tmp_path / snapshot_file_name(base)).name == f"{base:020d}.snapshot"
+    assert _snapshot_names(tmp_path) == [f"{base:020d}.snapshot" for base in bases[1:][-SNAPSHOTS_KEPT:]]
     end = log.log_end_offset
     assert end not in bases
     log.close()
-    assert (tmp_path / f"{end:020d}.snapshot").exists()
-    assert snapshot_offsets(tmp_path)[-1] == end
+    assert _snapshot_names(tmp_path)[-1] == f"{end:020d}.snapshot"
+
+
+def _snapshot_names(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir() if path.name.endswith(".snapshot"))
 
 
 def test_a_snapshot_holds_the_state_as_of_its_offset(tmp_path):
@@ -456,6 +457,29 @@ def test_retention_deletes_snapshots_below_the_oldest_segment(tmp_path):
     log.close()
     # The producers of the deleted segments survive in the snapshot (Kafka keeps them until they expire).
     assert state(PartitionLog(tmp_path, config, 0).producer_state) == expected
+
+
+def test_snapshot_below_the_oldest_segment_is_deleted_on_open(tmp_path):
+    # A crash between retention deleting segments and deleting their snapshots.
+    batch_bytes = len(producer_batch(0, 0, timestamp_ms=1))
+    config = LogConfig(segment_bytes=10 * batch_bytes, retention_bytes=5 * batch_bytes, retention_ms=-1)
+    log = PartitionLog(tmp_path, config, 0)
+    fill(log, 5, producers=2)
+    log.roll(0)
+    fill(log, 5, producers=2, start_ms=2000)
+    assert log.enforce_retention(now_ms=0) == 1
+    oldest = log.segment_base_offsets[0]
+    log.close()
+    for path in tmp_path.glob("*.snapshot"):
+        path.unlink()
+    stale = ProducerStateManager(10, 1000)
+    stale.record(next(iter_batches(producer_batch(99, 0, timestamp_ms=1)))[1], now_ms=1)
+    (tmp_path / snapshot_file_name(0)).write_text(encode_snapshot(0, stale.entries()))
+    reopened = PartitionLog(tmp_path, config, 0)
+    assert reopened.log_start_offset == oldest > 0
+    assert reopened.producer_state.entry(99) is None
+    assert state(reopened.producer_state) == full_rebuild(reopened)
+    assert snapshot_offsets(tmp_path) == []
 
 
 # ------------------------------------------------------------------- model

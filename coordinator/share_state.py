@@ -46,7 +46,10 @@ Rules
    merged state and snapshot epoch + 1.
 7. **Pruning.** A live key needs the records from its latest snapshot onwards;
    a deleted key needs nothing. ``prunable_before()`` is the lowest log offset
-   still needed; records below it may be deleted from the log.
+   still needed; records below it may be deleted from the log. Above it,
+   ``has_redundant_records()`` tells whether anything is not needed (older
+   records of keys snapshotted since, records of deleted keys): only then can
+   re-snapshotting the key that holds the prune point let pruning advance.
 
 Theory of operation
 -------------------
@@ -1001,6 +1004,19 @@ class ShareCoordinatorShard:
         if not self._states:
             return self._counters.last_replayed_log_offset + 1
         return min(state.snapshot_log_offset for state in self._states.values())
+
+    def has_redundant_records(self) -> bool:
+        """Whether the log from ``prunable_before()`` on holds records recovery does not need.
+
+        Recovery needs each live key's latest snapshot and the updates after
+        it. The log's offsets are dense (this shard is the partition's only
+        writer), so anything beyond that count is redundant. Without redundant
+        records a fresh snapshot lets no pruning advance: it only adds a record,
+        and doing it for idle keys on every maintenance tick would write forever
+        (Kafka's cold-partition snapshot does not perpetually snapshot either).
+        """
+        needed = sum(1 + state.updates_since_snapshot for state in self._states.values())
+        return self._counters.last_replayed_log_offset + 1 - self.prunable_before() > needed
 
     def keys_with_snapshot_before(self, log_offset: int, limit: int) -> list[ShareKey]:
         """Up to ``limit`` keys whose latest snapshot lies below ``log_offset``, oldest first.

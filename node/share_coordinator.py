@@ -20,6 +20,9 @@ Rules
   whose latest snapshot is older than the previous tick's high watermark get a
   fresh snapshot ("cold" keys; Kafka's cold partition snapshot), then the log
   is pruned below ``prunable_before()`` so recovery replays a bounded tail.
+  Cold keys are snapshotted only while the log holds redundant records above
+  the prune point; otherwise a snapshot frees nothing, and an idle group's
+  keys would be rewritten on every tick forever.
 
 Settings (node settings, Kafka's names): ``share.coordinator.snapshot.update.
 records.per.snapshot`` (500), ``share.coordinator.state.topic.prune.interval.ms``
@@ -265,7 +268,7 @@ class ShareCoordinator:
         """Snapshot cold keys, then prune the log below what recovery needs."""
         shard = self.runtime.shard(partition)
         mark = self._cold_marks.get(partition)
-        if mark is not None:
+        if mark is not None and shard.has_redundant_records():
             cold = shard.keys_with_snapshot_before(mark, COLD_SNAPSHOTS_PER_TICK_MAX)
 
             async def snapshot(key: ShareKey) -> None:

@@ -16,6 +16,7 @@ from typing import Callable
 import pytest
 
 from coordinator.errors import ErrorCode, OperatingError
+from coordinator.share_state import ShareKey
 from node.group_rpc import GroupServices
 from node.interfaces import (
     CONSUMER_OFFSETS_TOPIC,
@@ -350,6 +351,55 @@ def test_acquisition_is_persisted_so_counts_survive_a_reload(tmp_path):
         rejected = await services.share_manager.ShareFetch(fetch_request("m2", 1, acks=[(0, 2, 3)]))
         assert rejected.partitions[0].acknowledge_error_code == 0
         assert acquired(rejected) == []
+        await services.stop()
+        node.local.close()
+
+    run(scenario())
+
+
+def test_share_state_maintenance_prunes_then_goes_quiet(tmp_path):
+    """Regression: every maintenance tick re-snapshotted every idle key, forever.
+
+    A share partition whose group stopped consuming still got a fresh snapshot
+    on each tick (its latest snapshot is always older than the previous tick's
+    high watermark), so ``__share_group_state`` grew by one record per idle
+    share partition per tick and never settled. Now a tick snapshots cold keys
+    only while that lets pruning free something, then writes nothing.
+    """
+    async def scenario():
+        node = Node(tmp_path)
+        services = await node.start()
+        await set_earliest(services)
+        for _ in range(12):
+            await node.produce(1)
+        # One record per fetch, each acknowledging the previous one: many state
+        # writes (a snapshot every 3 updates).
+        response = await services.share_manager.ShareFetch(fetch_request("m1", 0, max_records=1))
+        for epoch in range(1, 13):
+            [(offset, _, _)] = acquired(response)
+            response = await services.share_manager.ShareFetch(
+                fetch_request("m1", epoch, acks=[(offset, offset, 1)], max_records=1))
+            assert response.partitions[0].acknowledge_error_code == 0
+        assert acquired(response) == []
+        coordinator = services.share_coordinator
+        state_log = node.local.logs[(SHARE_STATE_TOPIC, 0)]
+        written = state_log.log_end_offset
+        assert written > 6
+        ends = []
+        for _ in range(6):
+            await coordinator.maintain_partition(0)
+            ends.append(state_log.log_end_offset)
+        # At most one round of cold snapshots (after the first tick sets the
+        # mark), then the log end stays where it is: nothing more to free.
+        assert ends[-1] <= written + 1, ends
+        assert len(set(ends[2:])) == 1, ends
+        assert state_log.log_start_offset > 0
+        summary = coordinator.summary(ShareKey("g", "t", 0))
+        assert summary.start_offset == 12
+        # The pruned log recovers the same state.
+        node.local.bump_epoch(SHARE_STATE_TOPIC, 0)
+        await wait_for(lambda: coordinator.runtime.is_loaded(0), 5, "the state partition to reload")
+        assert coordinator.summary(ShareKey("g", "t", 0)).start_offset == 12
         await services.stop()
         node.local.close()
 

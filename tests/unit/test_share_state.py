@@ -460,6 +460,40 @@ def test_resnapshotting_old_keys_lets_pruning_advance_and_the_tail_recovers_the_
     assert harness.shard.snapshot(ShareKey("nobody", "orders", 0)) == []
 
 
+def test_redundant_records_exist_only_until_a_snapshot_can_free_them() -> None:
+    """Regression: idle keys were re-snapshotted on every maintenance tick forever.
+
+    The shell snapshots "cold" keys so that pruning can pass their old
+    snapshots. When every record from the prune point on is needed, a snapshot
+    frees nothing; ``has_redundant_records`` says so, and the log stops growing.
+    """
+    harness = Harness(ShareStateSettings(snapshot_update_records_per_snapshot=2))
+    assert not harness.shard.has_redundant_records()  # no keys, no records
+    harness.write(KEY, start_offset=0, batches=[batch(0, 9)])         # 0: snapshot
+    harness.write(OTHER_KEY, start_offset=0, batches=[batch(0, 9)])   # 1: snapshot
+    harness.write(KEY, batches=[batch(0, 0, ACKNOWLEDGED)])           # 2: update
+    assert not harness.shard.has_redundant_records()  # 0, 1 and 2 are all needed
+    harness.write(OTHER_KEY, batches=[batch(0, 0, ACKNOWLEDGED)])     # 3: update
+    harness.write(OTHER_KEY, batches=[batch(1, 1, ACKNOWLEDGED)])     # 4: update
+    harness.write(OTHER_KEY, batches=[batch(2, 2, ACKNOWLEDGED)])     # 5: snapshot; 1, 3, 4 redundant
+    assert harness.shard.prunable_before() == 0
+    assert harness.shard.has_redundant_records()
+    # The maintenance round: re-snapshot what pins the prune point, prune.
+    harness.append(harness.shard.snapshot(KEY))                        # 6
+    tail_from = harness.shard.prunable_before()
+    assert tail_from == 5
+    assert not harness.shard.has_redundant_records()
+    assert full_state(recovered(harness.log, tail_from)) == full_state(harness.shard)
+    # A recovered shard sees the same: an idle pair of keys needs no more snapshots.
+    assert not recovered(harness.log, tail_from).has_redundant_records()
+    # A deleted key's records are redundant until pruning passes them.
+    harness.append(harness.shard.delete(OTHER_KEY))                   # 7
+    assert harness.shard.has_redundant_records()
+    harness.append(harness.shard.snapshot(KEY))                        # 8
+    assert harness.shard.prunable_before() == 8
+    assert not harness.shard.has_redundant_records()
+
+
 def test_updates_of_a_deleted_key_after_the_prune_point_replay_and_vanish() -> None:
     harness = Harness()
     harness.write(KEY, start_offset=0, batches=[batch(0, 9)])         # 0

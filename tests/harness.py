@@ -23,6 +23,7 @@ or the ``cluster_factory`` fixture from `make_cluster_fixture`.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -52,6 +53,22 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_base_port(nodes: int = 3) -> int:
+    """A base port for ``shoal cluster up --base-port``: its gRPC, Raft and metrics
+    ranges (base, base + 100, base + 200; ``nodes`` ports each) are all free on 127.0.0.1."""
+    for _ in range(50):
+        base = random.randrange(20_000, 40_000)
+        ports = [base + offset + i for offset in (0, 100, 200) for i in range(nodes)]
+        try:
+            for port in ports:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range for a local cluster")
 
 
 class RetriableFetchError(AssertionError):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO_ROOT, Cluster, start_cluster
+from tests.harness import REPO_ROOT, Cluster, free_base_port, start_cluster
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.xdist_group("cluster")]
 
@@ -147,30 +147,8 @@ def test_unreachable_cluster_is_a_typed_failure() -> None:
     assert json.loads(result.stdout)["error"] == "BROKER_NOT_AVAILABLE"
 
 
-def _free_base_port() -> int:
-    import random
-    import socket
-
-    for _ in range(50):
-        base = random.randrange(20000, 40000)
-        ports = [base + offset + i for offset in (0, 100, 200) for i in range(3)]
-        try:
-            sockets = []
-            for port in ports:
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-    raise RuntimeError("no free port range for a test cluster")
-
-
 def test_cluster_up_detached_status_and_down(tmp_path: Path) -> None:
-    base = _free_base_port()
+    base = free_base_port()
     data_dir = tmp_path / "local"
     try:
         up = shoal(None, "-o", "json", "cluster", "up", "--nodes", "3", "--base-port", str(base),

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import os
-import random
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO_ROOT, start_cluster
+from tests.harness import REPO_ROOT, free_base_port, start_cluster
 
 pytestmark = pytest.mark.multiprocess
 
@@ -52,28 +50,13 @@ def readme_cli_tour() -> list[str]:
     return lines
 
 
-def _free_base_port() -> int:
-    """A base port whose gRPC, Raft and metrics ranges (base, +100, +200; 3 each) are all free."""
-    for _ in range(50):
-        base = random.randrange(30_000, 60_000)
-        ports = [base + offset + i for offset in (0, 100, 200) for i in range(3)]
-        try:
-            for port in ports:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range for shoal cluster up")
-
-
 def test_readme_cli_tour_runs(tmp_path: Path) -> None:
     """Every line of the README's CLI tour exits 0 against a real cluster (``shoal top`` is interactive:
     tests/integration/test_top.py drives it in a terminal)."""
     tour = readme_cli_tour()
     assert tour[0].startswith("export SHOAL_BOOTSTRAP=")
     shoal_bin = Path(sys.executable).parent
-    base_port = _free_base_port()
+    base_port = free_base_port()
     detached_dir = tmp_path / "detached"
     outputs: dict[str, str] = {}
     with start_cluster(3, tmp_path / "cluster") as cluster:

@@ -141,6 +141,17 @@ class PartitionLog:
         # its offset and that segment, which retention or DeleteRecords deleted.
         self._snapshots.delete_below(base_offsets[0] if base_offsets else log_start_offset)
         replay_from = self._load_latest_snapshot()
+        cache = LeaderEpochCache.load(self.directory)
+        # A segment wholly below the recovery point was synced with its index
+        # files before the recovery point passed it (flush), and nothing
+        # rewrote it since without lowering the recovery point or rewriting
+        # the index files whole (truncate_to, compaction), so its index files
+        # may be trusted. Its batch headers are still needed when the
+        # producer state must replay them (at or above the snapshot offset)
+        # or the leader epoch cache must be rebuilt from them.
+        trusted_end_offset = (
+            min(recovery_point, replay_from) if recovery_point is not None and cache is not None else None
+        )
         rebuilt_epochs: list[EpochEntry] = []
 
         def on_batch(header: BatchHeader) -> None:
@@ -160,6 +171,7 @@ class PartitionLog:
                 validate=validate,
                 now_ms=now_ms,
                 on_batch=on_batch,
+                trusted_end_offset=trusted_end_offset,
             )
             self._segments.append(segment)
             if segment.torn and not is_last:
@@ -184,7 +196,6 @@ class PartitionLog:
         self._log_start_offset = max(min(log_start_offset, log_end_offset), self._segments[0].base_offset)
         if self._log_start_offset > log_end_offset:
             self._log_start_offset = log_end_offset
-        cache = LeaderEpochCache.load(self.directory)
         if cache is None:
             cache = LeaderEpochCache(self.directory / LEADER_EPOCH_FILE_NAME, rebuilt_epochs)
             cache.persist()

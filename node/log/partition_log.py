@@ -171,7 +171,11 @@ class PartitionLog:
                 validate=validate,
                 now_ms=now_ms,
                 on_batch=on_batch,
-                trusted_end_offset=trusted_end_offset,
+                # A segment that starts at or past the trusted end cannot end
+                # below it; trying would only add a walk of its tail.
+                trusted_end_offset=(
+                    trusted_end_offset if trusted_end_offset is not None and base_offset < trusted_end_offset else None
+                ),
             )
             self._segments.append(segment)
             if segment.torn and not is_last:

@@ -208,7 +208,9 @@ class Segment:
             if refusal.reaches_past_trusted_end:
                 logger.info("Opening %s by a header walk: %s", path, refusal.reason)
             else:
-                logger.warning("Not trusting the index files of %s, rebuilding them by a header walk: %s", path, refusal.reason)
+                logger.warning(
+                    "Not trusting the index files of %s, rebuilding them by a header walk: %s", path, refusal.reason
+                )
             # The refused load may have filled in part of the state.
             segment = cls(directory, base_offset, fd, index_interval_bytes)
         valid_end = 0
@@ -284,7 +286,8 @@ class Segment:
         # the first entry's relative offset is at least 1.
         previous_offset, previous_position = 0, 0
         for relative_offset, position in index_entries:
-            if not (previous_offset < relative_offset <= MAX_RELATIVE_OFFSET and previous_position < position < file_bytes):
+            in_order = previous_offset < relative_offset <= MAX_RELATIVE_OFFSET
+            if not (in_order and previous_position < position < file_bytes):
                 return _Refusal(
                     f"offset index entry ({relative_offset}, {position}) does not follow ({previous_offset}, "
                     f"{previous_position}) or lies beyond the {file_bytes} bytes of the segment"
@@ -295,7 +298,8 @@ class Segment:
         indexed_offsets = {relative_offset for relative_offset, _ in index_entries}
         previous_timestamp, previous_offset = -2, 0
         for timestamp, relative_offset in time_entries:
-            if timestamp <= previous_timestamp or relative_offset <= previous_offset or relative_offset not in indexed_offsets:
+            in_order = timestamp > previous_timestamp and relative_offset > previous_offset
+            if not (in_order and relative_offset in indexed_offsets):
                 return _Refusal(
                     f"time index entry ({timestamp}, {relative_offset}) does not follow ({previous_timestamp}, "
                     f"{previous_offset}) or is not at an offset index entry"
@@ -306,7 +310,10 @@ class Segment:
         first_max_timestamp: int | None = None
         try:
             if file_bytes > 0:
-                first_max_timestamp = self._read_header(0).max_timestamp
+                first = self._read_header(0)
+                if first.base_offset < self.base_offset:
+                    return _Refusal(f"the first batch starts at offset {first.base_offset}, below the segment's base")
+                first_max_timestamp = first.max_timestamp
             if index_entries:
                 relative_offset, position = index_entries[0]
                 if self._read_header(position).base_offset != self.base_offset + relative_offset:

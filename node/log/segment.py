@@ -36,7 +36,7 @@ both index files, checks their shape (whole entries; offsets and positions
 strictly increasing and inside the file; time entries strictly increasing and
 on offset-index entries; the first and last offset entries point at batch
 headers with those base offsets), then walks only the batches from the last
-offset-index entry to the end of the file, which is less than
+offset-index entry to the end of the file, which is at most
 ``index_interval_bytes`` plus one batch. That tail walk yields ``next_offset``
 and the newest timestamp (the last time entry is the running maximum up to the
 last offset entry, see ``_index_batch``) and refuses the files when it would

@@ -31,24 +31,47 @@ clock; ``next_flush_deadline_ms()`` tells the shell when to call
 ``maybe_flush``.
 
 Theory of operation: the open procedure lists the segments, drops leftovers of
-interrupted operations, loads the newest producer-state snapshot, then walks
-every segment's batch headers once (with CRC checks from the recovery point
-on), rebuilding the indexes and, when its checkpoint is unreadable, the leader
-epoch cache, and replaying into the producer state only the batches at or
-above the snapshot's offset. If recovery cut the log below that offset, the
-snapshot is deleted and the state reloaded from an older one. An append
-validates, checks producer sequences, stamps, rolls the active segment if
-needed (snapshotting the producer state at the new base offset), writes, then
-updates indexes, producer state and epochs. A read finds the segment by
-bisecting base offsets and the position through the sparse index, and returns
-bytes from one pread per segment. A truncation deletes the snapshots above the
-new end and, if it removed batches the producer state remembers, reloads the
-state from the newest remaining snapshot plus the batches after it.
+interrupted operations, loads the newest producer-state snapshot, then opens
+each segment. A segment that ends at or below both the recovery point and the
+snapshot's offset is opened from its index files after sanity checks and a
+walk of the batches after its last index entry (``Segment.open``), when the
+leader epoch checkpoint is readable; every other segment, and any whose index
+files fail a check, has its batch headers walked once (with CRC checks from
+the recovery point on), rebuilding the indexes and, when its checkpoint is
+unreadable, the leader epoch cache, and replaying into the producer state only
+the batches at or above the snapshot's offset. If recovery cut the log below
+that offset, the snapshot is deleted and the state reloaded from an older one.
+An append validates, checks producer sequences, stamps, rolls the active
+segment if needed (snapshotting the producer state at the new base offset),
+writes, then updates indexes, producer state and epochs. A read finds the
+segment by bisecting base offsets and the position through the sparse index,
+and returns bytes from one pread per segment. A truncation deletes the
+snapshots above the new end and, if it removed batches the producer state
+remembers, reloads the state from the newest remaining snapshot plus the
+batches after it.
 
-Known costs: opening still walks every batch header of every segment to
-rebuild the in-memory indexes (the snapshot spares only the producer-state
-replay), and each compaction pass decodes every closed segment (no cleaner
-checkpoint yet); both are linear in the log's batches.
+Why a segment below the recovery point has index files that match it:
+``flush`` syncs each segment's batches, then writes and syncs its index
+entries, and only then moves the recovery point past them. Afterwards the
+segment's bytes and index files change only (1) by ``truncate_to``, which
+lowers the recovery point durably to the new end, after syncing the cut, and
+whose removed index entries the next flush cuts before the recovery point
+moves past new batches again; (2) by compaction, which removes the index files
+before the cleaned file is renamed into place and writes new ones whole
+through a rename; (3) by a rebuild on open, also written whole through a
+rename. A crash in the middle of any of these leaves index files that still
+describe the batches exactly (a cut .log keeps a prefix of its batches, and the
+entries inside it stay true), files that fail a sanity check (entries past the
+end of the file, a lost suffix that the tail walk would have indexed), or a
+segment that reaches past the recovery point and is walked. What the checks
+cannot see is damage from outside shoal that leaves well-formed, wrong entries
+in the middle of a file, as in Kafka, which trusts the same files.
+
+Known costs: after a clean shutdown an open reads the index files and walks
+at most ``index_interval_bytes`` plus one batch per segment, but an open
+without a usable producer snapshot or leader epoch checkpoint still walks
+every batch header; and each compaction pass decodes every closed segment (no
+cleaner checkpoint yet), linear in the log's batches.
 """
 
 from __future__ import annotations
@@ -141,6 +164,17 @@ class PartitionLog:
         # its offset and that segment, which retention or DeleteRecords deleted.
         self._snapshots.delete_below(base_offsets[0] if base_offsets else log_start_offset)
         replay_from = self._load_latest_snapshot()
+        cache = LeaderEpochCache.load(self.directory)
+        # A segment wholly below the recovery point was synced with its index
+        # files before the recovery point passed it (flush), and nothing
+        # rewrote it since without lowering the recovery point or rewriting
+        # the index files whole (truncate_to, compaction), so its index files
+        # may be trusted. Its batch headers are still needed when the
+        # producer state must replay them (at or above the snapshot offset)
+        # or the leader epoch cache must be rebuilt from them.
+        trusted_end_offset = (
+            min(recovery_point, replay_from) if recovery_point is not None and cache is not None else None
+        )
         rebuilt_epochs: list[EpochEntry] = []
 
         def on_batch(header: BatchHeader) -> None:
@@ -160,6 +194,11 @@ class PartitionLog:
                 validate=validate,
                 now_ms=now_ms,
                 on_batch=on_batch,
+                # A segment that starts at or past the trusted end cannot end
+                # below it; trying would only add a walk of its tail.
+                trusted_end_offset=(
+                    trusted_end_offset if trusted_end_offset is not None and base_offset < trusted_end_offset else None
+                ),
             )
             self._segments.append(segment)
             if segment.torn and not is_last:
@@ -184,7 +223,6 @@ class PartitionLog:
         self._log_start_offset = max(min(log_start_offset, log_end_offset), self._segments[0].base_offset)
         if self._log_start_offset > log_end_offset:
             self._log_start_offset = log_end_offset
-        cache = LeaderEpochCache.load(self.directory)
         if cache is None:
             cache = LeaderEpochCache(self.directory / LEADER_EPOCH_FILE_NAME, rebuilt_epochs)
             cache.persist()
@@ -637,10 +675,12 @@ class PartitionLog:
         except OSError as error:
             cleaned_path.unlink(missing_ok=True)
             raise KafkaStorageError(f"cannot write cleaned segment {cleaned_path}: {error}") from error
-        # The old indexes describe the old file; removed first, they are
-        # rebuilt from the new file if a crash follows the rename.
+        # The old indexes describe the old file; removed (durably) first, they
+        # are rebuilt from the new file if a crash follows the rename, and
+        # never trusted with it.
         for path in (segment.index_path, segment.time_index_path):
             path.unlink(missing_ok=True)
+        sync_directory(self.directory)
         os.replace(cleaned_path, segment.log_path)
         sync_directory(self.directory)
         segment.close()

@@ -14,8 +14,9 @@ idempotent producers over several segments, closes it, and times reopening it
 three ways, interleaved: with the snapshot written on close (nothing to
 replay), with only the snapshots written at segment rolls (what a crash
 leaves: the active segment is replayed), and with every snapshot file removed
-(the producer state rebuilt from every batch header). The page cache is warm
-in all three.
+(the producer state rebuilt from every batch header). Segments wholly below
+the recovery point and the snapshot's offset are opened from their index
+files; the others are walked. The page cache is warm in all three.
 """
 
 from __future__ import annotations

@@ -107,7 +107,7 @@ class GroupServices:
             await _abort(context, error)
 
     async def DescribeSharePartitions(self, request, context):
-        return self.share_manager.DescribeSharePartitions(request)
+        return await self.share_manager.DescribeSharePartitions(request)
 
     # ------------------------------------------------------------------ group coordinator
 

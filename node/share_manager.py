@@ -138,6 +138,8 @@ SESSION_SWEEP_INTERVAL_MS = 1000
 PARTITION_READ_BYTES_MAX = 1 << 20
 #: How often a used share partition compares its state epoch with the coordinator's.
 STATE_EPOCH_CHECK_INTERVAL_MS = 2000
+#: How long a describe waits for the share coordinator to say whether a partition it names is initialized.
+DESCRIBE_LOAD_TIMEOUT_MS = 2000
 #: Int32 wrap for share session epochs (Kafka's nextEpoch skips 0).
 _EPOCH_MAX = 2**31 - 1
 #: Codes that mean this node's view of the share partition is stale.
@@ -1056,13 +1058,37 @@ class ShareManager:
 
     # ------------------------------------------------------------------ describe
 
-    def DescribeSharePartitions(
+    async def DescribeSharePartitions(
         self, request: shoal_pb2.DescribeSharePartitionsRequest
     ) -> shoal_pb2.DescribeSharePartitionsResponse:
+        """The in-flight windows of the group's share partitions loaded on this node.
+
+        A named partition this node leads but has not loaded yet (a new leader
+        before any fetch) is loaded first if its durable state exists, so that
+        a describe after a failover shows the state rather than nothing.
+        Describing never initializes a share partition: that would fix its
+        start offset at the time of the describe instead of the first fetch.
+        """
         wanted = {(tp.topic, tp.partition) for tp in request.partitions}
+        await asyncio.gather(*(self._load_if_initialized(request.group_id, t, p) for t, p in sorted(wanted)))
+        return self._describe(request.group_id, wanted)
+
+    async def _load_if_initialized(self, group_id: str, topic: str, partition: int) -> None:
+        key = ShareKey(group_id, topic, partition)
+        holder = self._holders.get(key)
+        if not self._local.is_leader(topic, partition) or (holder is not None and not holder.dropped):
+            return
+        try:
+            summary = await self._persister.summary(key, timeout_ms=DESCRIBE_LOAD_TIMEOUT_MS)
+            if summary.start_offset >= 0:
+                await self._holder(group_id, topic, partition)
+        except OperatingError as error:
+            log.info("describe: share partition %s not loaded: %s", key, error.message)
+
+    def _describe(self, group_id: str, wanted: set[tuple[str, int]]) -> shoal_pb2.DescribeSharePartitionsResponse:
         response = shoal_pb2.DescribeSharePartitionsResponse()
         for key, holder in sorted(self._holders.items(), key=lambda item: (item[0].topic, item[0].partition)):
-            if key.group_id != request.group_id or holder.partition is None or holder.dropped:
+            if key.group_id != group_id or holder.partition is None or holder.dropped:
                 continue
             if wanted and holder.topic_partition not in wanted:
                 continue

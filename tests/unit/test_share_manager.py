@@ -16,6 +16,7 @@ from typing import Callable
 import pytest
 
 from coordinator.errors import ErrorCode, OperatingError
+from coordinator.share_partition import RecordState
 from coordinator.share_state import ShareKey
 from node.group_rpc import GroupServices
 from node.interfaces import (
@@ -271,7 +272,7 @@ def test_members_get_disjoint_records_and_accept_is_durable(tmp_path):
             partitions=[shoal_pb2.ShareFetchPartition(topic="t", partition=0, acknowledgement_batches=[
                 shoal_pb2.AcknowledgementBatch(first_offset=r[0], last_offset=r[1], acknowledge_types=[1])
                 for r in acquired(ack2)])]))
-        described = services.share_manager.DescribeSharePartitions(shoal_pb2.DescribeSharePartitionsRequest(group_id="g"))
+        described = await services.share_manager.DescribeSharePartitions(shoal_pb2.DescribeSharePartitionsRequest(group_id="g"))
         assert described.partitions[0].start_offset == 20
         assert described.partitions[0].durable_start_offset == 20  # the acks' replies waited for it
         assert described.partitions[0].lag == 0
@@ -291,6 +292,40 @@ def test_members_get_disjoint_records_and_accept_is_durable(tmp_path):
             None)
         assert offsets_response.offsets[0].start_offset == 20, offsets_response
         assert offsets_response.offsets[0].lag == 0
+        await services.stop()
+        node.local.close()
+
+    run(scenario())
+
+
+def test_describe_loads_an_initialized_partition_but_never_initializes_one(tmp_path):
+    async def scenario():
+        node = Node(tmp_path)
+        services = await node.start()
+        await set_earliest(services)
+        await node.produce(4)
+        first = await services.share_manager.ShareFetch(fetch_request("m1", 0))
+        assert acquired(first) == [(0, 3, 1)]
+        # A new leader (here: the node restarted under a new leader epoch) has
+        # loaded nothing; naming the partition loads its durable state.
+        await services.stop()
+        node.local.bump_epoch("t", 0)
+        services = await node.start()
+        named = shoal_pb2.DescribeSharePartitionsRequest(
+            group_id="g", partitions=[shoal_pb2.TopicPartition(topic="t", partition=0)])
+        described = await services.share_manager.DescribeSharePartitions(named)
+        [state] = described.partitions
+        assert (state.start_offset, state.durable_start_offset, state.high_watermark) == (0, 0, 4)
+        # The acquisition was persisted as "available, delivered once".
+        assert [(r.first_offset, r.last_offset, r.state, r.delivery_count) for r in state.runs] == [
+            (0, 3, int(RecordState.AVAILABLE), 1)]
+        # A group that never fetched the partition stays uninitialized: a describe
+        # must not fix its start offset now (auto.offset.reset applies at the first fetch).
+        other = shoal_pb2.DescribeSharePartitionsRequest(
+            group_id="g-new", partitions=[shoal_pb2.TopicPartition(topic="t", partition=0)])
+        assert list((await services.share_manager.DescribeSharePartitions(other)).partitions) == []
+        summary = await services.persister.summary(ShareKey("g-new", "t", 0))
+        assert summary.start_offset == -1
         await services.stop()
         node.local.close()
 
@@ -323,7 +358,7 @@ def test_lock_expiry_redelivers_with_count_two_and_release_archives_at_limit(tmp
             counts += [c for _, _, c in acquired(last)]
         assert counts == [3, 4, 5]
         assert services.share_manager.delivery_limit_archives_total == 1
-        described = services.share_manager.DescribeSharePartitions(shoal_pb2.DescribeSharePartitionsRequest(group_id="g"))
+        described = await services.share_manager.DescribeSharePartitions(shoal_pb2.DescribeSharePartitionsRequest(group_id="g"))
         assert described.partitions[0].start_offset == 1
         await services.stop()
         node.local.close()
@@ -762,7 +797,7 @@ def test_switch_stale_acks(tmp_path, monkeypatch, bug):
         second = await services.share_manager.ShareFetch(fetch_request("m2", 0))
         assert acquired(second) == [(0, 2, 2)]
         late = await services.share_manager.ShareAcknowledge(_ack_request("m1", 1, 0, 2, 1))
-        described = services.share_manager.DescribeSharePartitions(
+        described = await services.share_manager.DescribeSharePartitions(
             shoal_pb2.DescribeSharePartitionsRequest(group_id="g"))
         await services.stop()
         node.local.close()

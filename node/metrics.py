@@ -161,6 +161,10 @@ class PartitionReplicaSample:
     #: Leader only: records the slowest assigned follower is behind the
     #: leader's log end offset (-1 where unknown, e.g. a follower).
     max_follower_lag_records: int = -1
+    #: Follower only: records this replica is behind the leader's high
+    #: watermark as of its last fetch (Kafka's replica-fetcher ConsumerLag);
+    #: -1 on a leader or before the first fetch.
+    follower_lag_records: int = -1
 
 
 @dataclass(frozen=True)
@@ -319,6 +323,9 @@ def replication_source(replica_manager: Any) -> Callable[[], ReplicationSnapshot
                 if follower_end < 0:
                     follower_end = min(replica.high_watermark, end)
                 lag = max(lag, end - follower_end)
+        follower_lag = -1
+        if replica.role == "follower" and replica.leader_high_watermark >= 0:
+            follower_lag = max(0, replica.leader_high_watermark - end)
         return PartitionReplicaSample(
             topic=replica.topic,
             partition=replica.partition,
@@ -330,6 +337,7 @@ def replication_source(replica_manager: Any) -> Callable[[], ReplicationSnapshot
             replicas=len(registration.replicas),
             isr=len(registration.isr),
             max_follower_lag_records=lag,
+            follower_lag_records=follower_lag,
         )
 
     def read() -> ReplicationSnapshot:
@@ -606,6 +614,12 @@ class NodeCollector(Collector):
             "Records the slowest follower is behind the leader's log end offset (reported by the leader).",
             labels=tp,
         )
+        follower_lag = GaugeMetricFamily(
+            "shoal_follower_lag_records",
+            "Records this follower replica is behind the leader's high watermark as of its last fetch "
+            "(reported by each follower, so the scrape's instance names the follower).",
+            labels=tp,
+        )
         leaders = 0
         under_replicated = 0
         for p in snap.partitions:
@@ -613,6 +627,8 @@ class NodeCollector(Collector):
             size.add_metric(labels, p.log_size_bytes)
             start.add_metric(labels, p.log_start_offset)
             end.add_metric(labels, p.log_end_offset)
+            if p.follower_lag_records >= 0:
+                follower_lag.add_metric(labels, p.follower_lag_records)
             if p.is_leader:
                 leaders += 1
                 hw.add_metric(labels, p.high_watermark)
@@ -628,6 +644,7 @@ class NodeCollector(Collector):
             end,
             hw,
             lag,
+            follower_lag,
             GaugeMetricFamily("shoal_leader_partitions", "Partitions this node leads.", value=leaders),
             GaugeMetricFamily("shoal_replica_partitions", "Partition replicas hosted on this node (leaders included).", value=len(snap.partitions)),
             GaugeMetricFamily(

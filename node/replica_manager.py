@@ -112,6 +112,8 @@ class Replica:
     role: str = Role.NONE
     leader_epoch: int = -1
     high_watermark: int = 0
+    #: Follower only: the leader's high watermark in its last fetch response (-1 before one).
+    leader_high_watermark: int = -1
     followers: dict[int, FollowerState] = field(default_factory=dict)
     waiters: list[asyncio.Future] = field(default_factory=list)
     isr_change_in_flight: bool = False
@@ -779,6 +781,7 @@ class ReplicaManager:
         # A follower's HW only follows the leader's; it may move back after
         # a truncation, never beyond our own log end.
         replica.high_watermark = min(high_watermark, partition_log.log_end_offset)
+        replica.leader_high_watermark = high_watermark
         replica.wake()
 
     def truncate_follower(self, key: tuple[str, int], leader_epoch: int, diverging_epoch: int, end_offset: int) -> None:

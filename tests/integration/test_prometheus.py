@@ -190,6 +190,10 @@ def test_prometheus_sees_cluster_and_share_group(cluster: Cluster, prometheus: P
     _wait_value(prometheus, f'sum(shoal_partition_high_watermark{{topic="{topic}"}})', 81)
     _wait_value(prometheus, f'count(shoal_log_size_bytes{{topic="{topic}"}} > 0)', PARTITIONS * 3)
     _wait_value(prometheus, "sum(shoal_under_replicated_partitions)", 0)
+    # Each follower reports its own lag: two followers per partition at RF 3, caught up.
+    follower_lag = f'shoal_follower_lag_records{{topic="{topic}"}}'
+    _wait_value(prometheus, f"count({follower_lag})", PARTITIONS * 2)
+    _wait_value(prometheus, f"sum({follower_lag})", 0)
     assert prometheus.scalar('sum(shoal_rpc_duration_seconds_count{rpc="ShareFetch"})') >= 1
 
     # The rules are loaded and healthy; no controller alert on a healthy cluster.

@@ -95,7 +95,7 @@ def full_metrics() -> NodeMetrics:
     metrics.sources.replication = lambda: ReplicationSnapshot(
         partitions=[
             PartitionReplicaSample("orders", 0, True, 4096, 10, 120, 115, replicas=3, isr=2, max_follower_lag_records=7),
-            PartitionReplicaSample("orders", 1, False, 2048, 0, 60, 60, replicas=3, isr=3),
+            PartitionReplicaSample("orders", 1, False, 2048, 0, 60, 60, replicas=3, isr=3, follower_lag_records=4),
             PartitionReplicaSample("orders", 2, True, 100, 0, 5, 5, replicas=3, isr=3, max_follower_lag_records=0),
         ],
         isr_shrinks_total=3,
@@ -149,6 +149,9 @@ def test_collector_names_labels_and_values() -> None:
     # A follower's HW and lag are the leader's business: not reported here.
     assert [s for s in families["shoal_partition_high_watermark"] if s[1]["partition"] == "1"] == []
     assert value(families, "shoal_replication_lag_records", topic="orders", partition="0") == 7
+    # Per follower (Kafka's replica-fetcher lag): each follower reports its own partitions.
+    assert value(families, "shoal_follower_lag_records", topic="orders", partition="1") == 4
+    assert [s for s in families["shoal_follower_lag_records"] if s[1]["partition"] != "1"] == []
     assert value(families, "shoal_under_replicated_partitions") == 1
     assert value(families, "shoal_leader_partitions") == 2
     assert value(families, "shoal_replica_partitions") == 3
@@ -299,6 +302,11 @@ def test_replication_source_over_a_real_replica_manager(tmp_path: Path) -> None:
             assert by_partition[0].replicas == 3 and by_partition[0].isr == 3
             assert by_partition[0].log_end_offset == 0 and by_partition[0].log_size_bytes >= 0
             assert by_partition[1].max_follower_lag_records == -1
+            # A follower reports its own lag once it has heard from the leader.
+            assert by_partition[1].follower_lag_records == -1
+            manager.replicas[("orders", 1)].leader_high_watermark = 25
+            assert {p.partition: p for p in read().partitions}[1].follower_lag_records == 25
+            assert by_partition[0].follower_lag_records == -1
             # The ISR shrinks in the applied metadata: the leader counts the
             # partition as under-replicated.
             registration = state.partition("orders", 0)

@@ -203,6 +203,10 @@ class GroupCoordinatorShard:
         self._topic_partitions: dict[str, int] = {}
         self._deadlines: list[tuple[int, str, str]] = []
         self._live_members = 0
+        # Share groups whose offsets an admin is changing: group -> until when
+        # (ms) joins are refused. Not persisted: a new coordinator fails the
+        # change in flight anyway (its final step runs on this shard).
+        self._offsets_changing: dict[str, int] = {}
         #: Target-assignment recomputations per group type (Kafka's rebalance-count).
         self.rebalance_counts: dict[GroupType, int] = {t: 0 for t in GROUP_TYPES}
 
@@ -346,6 +350,11 @@ class GroupCoordinatorShard:
                 raise _refuse(
                     ErrorCode.INVALID_REQUEST,
                     "SubscribedTopicNames must be set when joining a share group (member epoch 0).",
+                )
+            if self._offsets_changing.get(group_id, -1) > now_ms:
+                raise _refuse(
+                    ErrorCode.REBALANCE_IN_PROGRESS,
+                    f"The offsets of share group {group_id} are being reset; retry the join shortly.",
                 )
             self._check_can_join(group, group_id, member_id, "share")
             group = self._join(group, group_id, "share", member_id, topics, client_id, client_host, records)
@@ -924,6 +933,19 @@ class GroupCoordinatorShard:
                 f"Share group {group_id} has {len(group.members)} active members; offsets can only "
                 "be changed while it is empty.",
             )
+
+    def begin_share_offsets_change(self, group_id: str, now_ms: int, hold_ms: int) -> None:
+        """Check that the share group is empty and refuse joins until
+        :meth:`end_share_offsets_change` (or ``hold_ms``, should the end never come).
+
+        An offsets change writes the share coordinator after this check; a
+        member joining in between would start consuming the state being replaced.
+        """
+        self.check_can_alter_share_offsets(group_id)
+        self._offsets_changing[group_id] = now_ms + hold_ms
+
+    def end_share_offsets_change(self, group_id: str) -> None:
+        self._offsets_changing.pop(group_id, None)
 
     def delete_share_group_offsets(
         self, group_id: str, topics: Iterable[str]

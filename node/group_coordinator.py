@@ -70,6 +70,9 @@ log = logging.getLogger("node.group_coordinator")
 #: How long the share-partition leaders trust cached group configs.
 SETTINGS_CACHE_MS = 3000
 RPC_TIMEOUT_S = 5.0
+#: Longest that share-group joins wait for an admin offsets change (its end
+#: normally lifts the hold long before; this bounds a change that never ends).
+OFFSETS_CHANGE_HOLD_MS = 60_000
 
 
 class _GroupShardAdapter:
@@ -569,15 +572,31 @@ class GroupCoordinator:
     async def AlterShareGroupOffsets(self, request, context) -> shoal_pb2.AlterShareGroupOffsetsResponse:
         group_id = request.group_id
 
-        def check(shard: GroupCoordinatorShard):
-            shard.check_can_alter_share_offsets(group_id)
+        def begin(shard: GroupCoordinatorShard):
+            shard.begin_share_offsets_change(group_id, monotonic_ms(), OFFSETS_CHANGE_HOLD_MS)
             return [], None
 
         try:
-            await self._run(group_id, check)
+            await self._run(group_id, begin)
         except OperatingError as error:
             return shoal_pb2.AlterShareGroupOffsetsResponse(error_code=int(error.code), error_message=error.message)
+        try:
+            return await self._alter_share_offsets(group_id, request.offsets)
+        finally:
+            await self._end_share_offsets_change(group_id)
 
+    async def _end_share_offsets_change(self, group_id: str) -> None:
+        def end(shard: GroupCoordinatorShard):
+            shard.end_share_offsets_change(group_id)
+            return [], None
+
+        try:
+            await self._run(group_id, end)
+        except OperatingError as error:
+            # The coordinator moved: the new shard never had the hold.
+            log.info("ending the offsets change of %s: %s", group_id, error)
+
+    async def _alter_share_offsets(self, group_id: str, offsets) -> shoal_pb2.AlterShareGroupOffsetsResponse:
         async def one(entry: shoal_pb2.SharePartitionOffset) -> shoal_pb2.PartitionError:
             out = shoal_pb2.PartitionError(topic=entry.topic, partition=entry.partition)
             key = ShareKey(group_id, entry.topic, entry.partition)
@@ -592,7 +611,7 @@ class GroupCoordinator:
                 out.error_message = error.message
             return out
 
-        results = await asyncio.gather(*(one(entry) for entry in request.offsets))
+        results = await asyncio.gather(*(one(entry) for entry in offsets))
         done = [(r.topic, r.partition) for r in results if not r.error_code]
         if done:
             def mark(shard: GroupCoordinatorShard):
@@ -609,18 +628,23 @@ class GroupCoordinator:
         topics = list(request.topics)
 
         def op(shard: GroupCoordinatorShard):
-            return shard.delete_share_group_offsets(group_id, topics)
+            result = shard.delete_share_group_offsets(group_id, topics)
+            shard.begin_share_offsets_change(group_id, monotonic_ms(), OFFSETS_CHANGE_HOLD_MS)
+            return result
 
         try:
             gone = await self._run(group_id, op)
         except OperatingError as error:
             return shoal_pb2.DeleteShareGroupOffsetsResponse(error_code=int(error.code), error_message=error.message)
         failures: dict[str, OperatingError] = {}
-        for topic, partition in sorted(gone):
-            try:
-                await self._persister.delete(ShareKey(group_id, topic, partition))
-            except OperatingError as error:
-                failures[topic] = error
+        try:
+            for topic, partition in sorted(gone):
+                try:
+                    await self._persister.delete(ShareKey(group_id, topic, partition))
+                except OperatingError as error:
+                    failures[topic] = error
+        finally:
+            await self._end_share_offsets_change(group_id)
         return shoal_pb2.DeleteShareGroupOffsetsResponse(results=[
             shoal_pb2.TopicResult(name=t, error_code=int(failures[t].code) if t in failures else 0,
                                   error_message=failures[t].message if t in failures else "")

@@ -349,6 +349,25 @@ def test_share_offsets_bookkeeping():
     assert gone == {("t", 0), ("t", 1)} and shard.initialized_share_partitions("s") == frozenset()
 
 
+def test_joins_wait_while_share_offsets_change():
+    shard = new_shard()
+    share_join(shard, "s", "m1", now_ms=0)
+    refused(ErrorCode.GROUP_NOT_EMPTY, shard.begin_share_offsets_change, "s", 10, 1000)
+    shard.share_group_heartbeat("s", "m1", -1, None, "", "", 10)
+    shard.begin_share_offsets_change("s", 10, 1000)
+    # A member joining between the emptiness check and the new state would consume the old one.
+    error = refused(ErrorCode.REBALANCE_IN_PROGRESS, share_join, shard, "s", "m2", now_ms=20)
+    assert "being reset" in error.message
+    share_join(shard, "other", "m9", now_ms=20)  # other groups are not held
+    shard.end_share_offsets_change("s")
+    assert share_join(shard, "s", "m2", now_ms=30)[0].member_epoch > 0
+    # A change that never ends holds joins for hold_ms at most.
+    shard.share_group_heartbeat("s", "m2", -1, None, "", "", 40)
+    shard.begin_share_offsets_change("s", 40, 1000)
+    refused(ErrorCode.REBALANCE_IN_PROGRESS, share_join, shard, "s", "m3", now_ms=1039)
+    assert share_join(shard, "s", "m3", now_ms=1040)[0].member_epoch > 0
+
+
 # --- failover and metrics ---------------------------------------------------------
 
 def test_a_new_coordinator_rebuilds_from_records_and_members_rejoin():

@@ -566,6 +566,45 @@ class GatedPartitions(OneNodePartitions):
         return await super().append(topic, partition, batches, **kwargs)
 
 
+def test_a_join_during_an_offsets_reset_waits_for_it(tmp_path):
+    async def scenario():
+        node = Node(tmp_path)
+        services = await node.start()
+        for epoch in (0, -1):  # a member joins and leaves: the group exists and is empty
+            response = await services.ShareGroupHeartbeat(shoal_pb2.ShareGroupHeartbeatRequest(
+                group_id="g", member_id="m1", member_epoch=epoch,
+                subscribed_topics=shoal_pb2.SubscribedTopics(names=["t"])), None)
+            assert response.error_code == 0, response
+        # Hold the reset at its share-coordinator write.
+        reached, release = asyncio.Event(), asyncio.Event()
+        initialize = services.persister.initialize
+
+        async def held_initialize(*args, **kwargs):
+            reached.set()
+            await release.wait()
+            return await initialize(*args, **kwargs)
+
+        services.persister.initialize = held_initialize
+        alter = asyncio.ensure_future(services.AlterShareGroupOffsets(shoal_pb2.AlterShareGroupOffsetsRequest(
+            group_id="g", offsets=[shoal_pb2.SharePartitionOffset(topic="t", partition=0, start_offset=2)]), None))
+        join_request = shoal_pb2.ShareGroupHeartbeatRequest(
+            group_id="g", member_id="m2", member_epoch=0, subscribed_topics=shoal_pb2.SubscribedTopics(names=["t"]))
+
+        await asyncio.wait_for(reached.wait(), 5)  # emptiness checked, new state not yet written
+        held = await services.ShareGroupHeartbeat(join_request, None)
+        assert held.error_code == ErrorCode.REBALANCE_IN_PROGRESS, held
+        assert not alter.done()
+        release.set()
+        reset = await asyncio.wait_for(alter, 10)
+        assert reset.error_code == 0 and reset.results[0].error_code == 0, reset
+        joined = await services.ShareGroupHeartbeat(join_request, None)
+        assert joined.error_code == 0 and joined.member_epoch > 0
+        await services.stop()
+        node.local.close()
+
+    run(scenario())
+
+
 def test_operations_in_flight_fail_when_coordinator_leadership_moves(tmp_path):
     """Regression: a shard unloaded mid-append left that round's callers waiting forever.
 

@@ -108,11 +108,10 @@ def test_create_time_stamp_never_computes_a_crc(monkeypatch):
     monkeypatch.setattr(batch_codec, "crc32c", NoCrc)
     stamped = stamp(original, 7, 2)
     monkeypatch.undo()
-    positions = [pos for pos, _ in iter_batches(original)]
-    for pos in positions:
+    for pos, header in iter_batches(original):
         # Everything from the CRC field on is the producer's bytes.
-        assert stamped[pos + CRC_START - 4 : pos + parse_header(original, pos).size_bytes] == \
-            original[pos + CRC_START - 4 : pos + parse_header(original, pos).size_bytes]
+        crc_to_end = slice(pos + CRC_START - 4, pos + header.size_bytes)
+        assert stamped[crc_to_end] == original[crc_to_end]
     assert [h.timestamp_type for h in validate_batches(stamped, 10**6)] == [CREATE_TIME, CREATE_TIME]
 
 

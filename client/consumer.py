@@ -533,6 +533,7 @@ class Consumer:
                     ConsumerRecord(
                         tp.topic, tp.partition, record.offset, record.timestamp_ms, key, value,
                         list(record.headers), None, header.leader_epoch,
+                        timestamp_type=header.timestamp_type,
                     )
                 )
 

@@ -923,7 +923,7 @@ class ShareConsumer:
                         ConsumerRecord(
                             tp.topic, tp.partition, record.offset, record.timestamp_ms, key, value,
                             list(record.headers), acquired[record.offset], data.leader_epoch or header.leader_epoch,
-                            node_id,
+                            node_id, header.timestamp_type,
                         ),
                     )
                 )

@@ -90,6 +90,9 @@ class ConsumerRecord(_Printable):
     ``node_id`` is also set by share consumers only: the node whose share session
     acquired the record, which is where its acknowledgement goes (a record of one
     partition may come from a former leader after a leader change).
+    ``timestamp_type`` is Kafka's ``timestampType()``: "CreateTime" (the
+    producer's timestamp) or "LogAppendTime" (the leader's append time, for a
+    topic with message.timestamp.type=LogAppendTime).
     """
 
     topic: str
@@ -102,6 +105,7 @@ class ConsumerRecord(_Printable):
     delivery_count: int | None = None
     leader_epoch: int | None = None
     node_id: int | None = None
+    timestamp_type: str = "CreateTime"
 
     @property
     def topic_partition(self) -> TopicPartition:

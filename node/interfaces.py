@@ -52,6 +52,8 @@ class LeadershipChange:
 class AppendResult:
     base_offset: int
     last_offset: int
+    #: The leader's append time on a LogAppendTime topic, -1 for CreateTime.
+    log_append_time_ms: int = -1
 
 
 class LocalPartitions(Protocol):

@@ -147,6 +147,7 @@ def log_config_for(config: TopicConfig) -> LogConfig:
         flush_messages=None if config.flush_messages >= 2**62 else config.flush_messages,
         flush_ms=None if config.flush_ms >= 2**62 else config.flush_ms,
         max_message_bytes=config.max_message_bytes,
+        message_timestamp_type=config.message_timestamp_type,
     )
 
 
@@ -546,7 +547,7 @@ class ReplicaManager:
         epoch_at_append = replica.leader_epoch
         self._maybe_advance_high_watermark(replica)
         replica.wake()  # followers parked in a replica fetch
-        result = AppendResult(info.first_offset, info.last_offset)
+        result = AppendResult(info.first_offset, info.last_offset, info.log_append_time_ms)
         if acks != -1 or BUG_ACK_BEFORE_REPLICATION:
             return result
         deadline_ms = monotonic_ms() + max(0, timeout_ms)

@@ -171,7 +171,7 @@ class Servicer:
                     entry.topic, entry.partition, entry.records, acks=request.acks, timeout_ms=timeout_ms
                 )
                 result.base_offset = appended.base_offset
-                result.log_append_time_ms = -1
+                result.log_append_time_ms = appended.log_append_time_ms
                 result.log_start_offset = self.replicas.log_start_offset(entry.topic, entry.partition)
             except OperatingError as error:
                 result.error_code = int(error.code)

@@ -27,6 +27,15 @@ Rules:
 
 * The CRC covers everything after the crc field, so the leader may stamp
   ``base_offset`` and ``leader_epoch`` without recomputing it (as in Kafka).
+* Timestamp type (attributes bit 3). CreateTime (bit clear): a record's
+  timestamp is ``base_timestamp`` plus its delta, as the producer wrote it.
+  LogAppendTime (bit set): the leader of a topic with
+  ``message.timestamp.type=LogAppendTime`` sets the bit and ``max_timestamp``
+  to its wall clock at the append and recomputes the CRC (both fields are
+  covered by it); the records keep their deltas, and every reader takes
+  ``max_timestamp`` as the timestamp of every record of the batch (Kafka's
+  DefaultRecordBatch and LogValidator do the same). Followers copy the
+  leader's bytes, so every replica holds the same timestamps.
 * ``record_count <= last_offset_delta + 1``. A batch built by a producer is
   dense (equality); the compactor removes records but keeps
   ``last_offset_delta`` and each record's original offset delta, so a compacted
@@ -104,6 +113,16 @@ assert _PREFIX.size + _ATTRIBUTES_BLOCK.size == HEADER_BYTES
 
 _COMPRESSION_MASK = 0x07
 TIMESTAMP_TYPE_LOG_APPEND_TIME = 0x08
+_ATTRIBUTES_POSITION = 21
+_MAX_TIMESTAMP_POSITION = 35
+_CRC_POSITION = 17
+_ATTRIBUTES = struct.Struct(">h")
+_MAX_TIMESTAMP = struct.Struct(">q")
+_CRC = struct.Struct(">I")
+
+#: Kafka's TimestampType names, as ``timestampType()`` prints them.
+CREATE_TIME = "CreateTime"
+LOG_APPEND_TIME = "LogAppendTime"
 
 
 class Compression(IntEnum):
@@ -157,6 +176,11 @@ class BatchHeader(NamedTuple):
     @property
     def compression(self) -> int:
         return self.attributes & _COMPRESSION_MASK
+
+    @property
+    def timestamp_type(self) -> str:
+        """CREATE_TIME or LOG_APPEND_TIME (attributes bit 3)."""
+        return LOG_APPEND_TIME if self.attributes & TIMESTAMP_TYPE_LOG_APPEND_TIME else CREATE_TIME
 
     @property
     def last_sequence(self) -> int:
@@ -331,6 +355,8 @@ def rebuild_batch(header: BatchHeader, records: Sequence[Record]) -> bytes:
     Used by the compactor: the batch keeps its base offset, last offset delta,
     leader epoch, producer fields, timestamps and codec, and each record keeps
     its original offset, so the log gets offset holes instead of new offsets.
+    A LogAppendTime batch keeps its bit and ``max_timestamp``, so its records
+    still read as the append time.
     """
     assert records, "the compactor drops a batch that has no record left"
     assert all(header.base_offset <= record.offset <= header.last_offset for record in records)
@@ -441,10 +467,19 @@ def validate_batches(
 _SUPPORTED_CODECS = frozenset(int(codec) for codec in Compression)
 
 
-def stamp(buf: bytes | bytearray, base_offset: int, leader_epoch: int) -> bytes:
+def stamp(
+    buf: bytes | bytearray, base_offset: int, leader_epoch: int, *, log_append_time_ms: int | None = None
+) -> bytes:
     """Give the batches in ``buf`` consecutive offsets from ``base_offset`` and the leader epoch.
 
-    Only header fields before the CRC change, so the CRCs stay valid.
+    With ``log_append_time_ms`` (a LogAppendTime topic), also set every
+    batch's timestamp-type bit and ``max_timestamp`` to it, and recompute its
+    CRC. Without it (CreateTime), only header fields before the CRC change, so
+    the CRCs stay valid and are not recomputed; the one exception is a batch
+    that arrives with the LogAppendTime bit already set: the topic's type
+    decides, so the bit is cleared and that batch's CRC recomputed (Kafka's
+    LogValidator rewrites the type the same way). The caller has checked the
+    CRCs first, so a recompute never makes a corrupt batch look valid.
     """
     out = bytearray(buf)
     next_offset = base_offset
@@ -452,6 +487,16 @@ def stamp(buf: bytes | bytearray, base_offset: int, leader_epoch: int) -> bytes:
         _BASE_OFFSET.pack_into(out, pos, next_offset)
         _INT32.pack_into(out, pos + _LEADER_EPOCH_POSITION, leader_epoch)
         next_offset += header.last_offset_delta + 1
+        if log_append_time_ms is not None:
+            _ATTRIBUTES.pack_into(out, pos + _ATTRIBUTES_POSITION, header.attributes | TIMESTAMP_TYPE_LOG_APPEND_TIME)
+            _MAX_TIMESTAMP.pack_into(out, pos + _MAX_TIMESTAMP_POSITION, log_append_time_ms)
+        elif header.attributes & TIMESTAMP_TYPE_LOG_APPEND_TIME:
+            _ATTRIBUTES.pack_into(out, pos + _ATTRIBUTES_POSITION, header.attributes & ~TIMESTAMP_TYPE_LOG_APPEND_TIME)
+        else:
+            continue
+        covered = memoryview(out)[pos + CRC_START : pos + header.size_bytes]
+        _CRC.pack_into(out, pos + _CRC_POSITION, crc32c.crc32c(covered))
+        covered.release()
     return bytes(out)
 
 
@@ -580,6 +625,11 @@ def decode_records(
         raise CorruptBatchError(
             f"batch declares {header.record_count} records but its records section holds {len(records)}"
         )
+    if header.attributes & TIMESTAMP_TYPE_LOG_APPEND_TIME:
+        # The leader's append time replaces every record's own timestamp; a
+        # second pass keeps the CreateTime loop above free of the branch.
+        append_time_ms = header.max_timestamp
+        records = [new_tuple(Record, (r[0], append_time_ms, r[2], r[3], r[4])) for r in records]
     return records
 
 

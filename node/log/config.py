@@ -25,6 +25,7 @@ from coordinator.errors import ErrorCode, OperatingError
 MAX_SEGMENT_POSITION = 2**31 - 1
 
 CLEANUP_POLICIES = frozenset({"delete", "compact", "compact,delete"})
+TIMESTAMP_TYPES = frozenset({"CreateTime", "LogAppendTime"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +60,9 @@ class LogConfig:
     #: log.cleaner.dedupe.buffer.size, counted in keys); a pass that would
     #: exceed it cleans only the oldest segments whose keys fit.
     max_compaction_keys: int = 1_000_000
+    #: message.timestamp.type: "CreateTime" keeps the producer's timestamps;
+    #: "LogAppendTime" makes the leader stamp its append time into each batch.
+    message_timestamp_type: str = "CreateTime"
 
     def __post_init__(self) -> None:
         problems = []
@@ -93,12 +97,20 @@ class LogConfig:
             problems.append(f"max_producer_ids must be positive, got {self.max_producer_ids}")
         if self.max_compaction_keys <= 0:
             problems.append(f"max_compaction_keys must be positive, got {self.max_compaction_keys}")
+        if self.message_timestamp_type not in TIMESTAMP_TYPES:
+            problems.append(
+                f"message_timestamp_type must be one of {sorted(TIMESTAMP_TYPES)}, got {self.message_timestamp_type!r}"
+            )
         if problems:
             raise OperatingError(ErrorCode.INVALID_CONFIG, "; ".join(problems))
 
     @property
     def deletes(self) -> bool:
         return "delete" in self.cleanup_policy
+
+    @property
+    def log_append_time(self) -> bool:
+        return self.message_timestamp_type == "LogAppendTime"
 
     @property
     def compacts(self) -> bool:

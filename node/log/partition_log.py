@@ -15,6 +15,11 @@ Rules:
 * Record batches are opaque: the leader validates headers and CRCs, stamps
   ``base_offset`` and ``leader_epoch`` (the CRC does not cover them) and
   appends the bytes. Followers append the leader's bytes as they are.
+* With ``message.timestamp.type=LogAppendTime`` the leader also stamps
+  ``now_ms`` as each batch's ``max_timestamp`` with the LogAppendTime bit and
+  recomputes those CRCs, so the time index, timestamp lookups and retention
+  follow the append time. The config is read at each append: a change affects
+  only batches appended afterwards (as in Kafka).
 * A refused append leaves nothing on disk: validation and producer checks run
   before the write, and a failed write is cut back (KAFKA_STORAGE_ERROR).
 * Offsets only grow within the log; compaction leaves holes, never renumbers.
@@ -107,9 +112,11 @@ from node.log.segment import (
     write_fully,
 )
 from proto.batch import (
+    TIMESTAMP_TYPE_LOG_APPEND_TIME,
     BatchHeader,
     CorruptBatchError,
     decode_records,
+    parse_header,
     rebuild_batch,
     stamp,
     validate_batches,
@@ -131,6 +138,9 @@ class AppendInfo:
     #: True when the batch was a producer's retry: nothing was appended and
     #: the offsets are those of the original append.
     duplicate: bool = False
+    #: The append time stamped into the batches of a LogAppendTime topic, -1
+    #: for CreateTime (Kafka's ProduceResponse.log_append_time_ms).
+    log_append_time_ms: int = -1
 
 
 class PartitionLog:
@@ -321,18 +331,31 @@ class PartitionLog:
                 f"append with leader epoch {leader_epoch} but this replica has seen epoch "
                 f"{self._epochs.latest_epoch}; the caller is no longer the leader"
             )
+        log_append_time_ms = now_ms if self.config.log_append_time else None
         duplicate = self._producers.check_leader_append(headers)
         if duplicate is not None:
+            # Kafka answers a retry with the original batch's timestamp as its
+            # append time; on a LogAppendTime topic that is the append time.
             return AppendInfo(
-                duplicate.first_offset, duplicate.last_offset, duplicate.record_count, duplicate.max_timestamp, True
+                duplicate.first_offset,
+                duplicate.last_offset,
+                duplicate.record_count,
+                duplicate.max_timestamp,
+                True,
+                duplicate.max_timestamp if log_append_time_ms is not None else -1,
             )
         first_offset = self.log_end_offset
-        stamped = stamp(batches, first_offset, leader_epoch)
-        placed = _place(headers, first_offset, leader_epoch)
+        stamped = stamp(batches, first_offset, leader_epoch, log_append_time_ms=log_append_time_ms)
+        placed = _place(stamped, headers, first_offset, leader_epoch, log_append_time_ms is not None)
         self._append(stamped, placed, now_ms)
         if leader_epoch > self._epochs.latest_epoch:
             self._epochs.assign(leader_epoch, first_offset)
-        return self._after_append(placed, now_ms)
+        info = self._after_append(placed, now_ms)
+        if log_append_time_ms is None:
+            return info
+        return AppendInfo(
+            info.first_offset, info.last_offset, info.record_count, info.max_timestamp, False, log_append_time_ms
+        )
 
     def append_as_follower(self, batches: bytes, now_ms: int) -> AppendInfo:
         """Append batches copied from the leader; their offsets are already assigned."""
@@ -788,13 +811,20 @@ class PartitionLog:
         assert not self._closed, f"{self.directory}: the log is closed"
 
 
-def _place(headers: list[BatchHeader], first_offset: int, leader_epoch: int) -> list[tuple[int, BatchHeader]]:
+def _place(
+    stamped: bytes, headers: list[BatchHeader], first_offset: int, leader_epoch: int, log_append_time: bool
+) -> list[tuple[int, BatchHeader]]:
     """(position in the buffer, header as stamped) for a leader append."""
     placed = []
     position = 0
     next_offset = first_offset
     for header in headers:
-        placed.append((position, header._replace(base_offset=next_offset, leader_epoch=leader_epoch)))
+        if log_append_time or header.attributes & TIMESTAMP_TYPE_LOG_APPEND_TIME:
+            # stamp() rewrote this batch's timestamp type (and max_timestamp
+            # and CRC): read the header back as stored, for the time index.
+            placed.append((position, parse_header(stamped, position)))
+        else:
+            placed.append((position, header._replace(base_offset=next_offset, leader_epoch=leader_epoch)))
         position += header.size_bytes
         next_offset += header.last_offset_delta + 1
     return placed

@@ -56,3 +56,14 @@ def test_error_codes_match_the_wire() -> None:
     wire = dict(shoal_pb2.ErrorCode.items())
     core = {code.name: int(code) for code in ErrorCode}
     assert core == wire, "coordinator.errors.ErrorCode and proto ErrorCode must list the same codes"
+
+
+def test_test_modules_have_unique_names() -> None:
+    # tests/ has no __init__.py files (rootdir-relative imports): pytest imports
+    # each test file by its basename, so two files of one name cannot both be
+    # collected in one run (`make test` collects everything at once).
+    seen: dict[str, list[str]] = {}
+    for path in (ROOT / "tests").rglob("test_*.py"):
+        seen.setdefault(path.name, []).append(str(path.relative_to(ROOT)))
+    clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not clashes, f"test files share a basename: {clashes}"

@@ -114,19 +114,28 @@ class AcknowledgementBook:
         """An acknowledgement the client decides by itself (GAP, REJECT of a corrupt batch)."""
         self.pending.setdefault(node_id, {}).setdefault(tp, {})[offset] = ack_type
 
-    def acknowledge(self, tp: TopicPartition, offset: int, ack_type: AcknowledgeType) -> None:
+    def acknowledge(self, tp: TopicPartition | tuple[str, int], offset: int, ack_type: AcknowledgeType) -> None:
+        """Record the application's decision for a delivered record.
+
+        ``tp`` may be a plain ``(topic, partition)`` tuple: a NamedTuple equals
+        and hashes like the plain tuple, so it finds the key stored by
+        ``on_delivered`` (which stays a TopicPartition), and the per-record
+        ``acknowledge()`` need not build a TopicPartition.
+        """
         if not self.explicit:
             raise IllegalStateError(
                 "acknowledge() needs share.acknowledgement.mode=explicit; in implicit mode the next poll or "
                 "commit accepts every record of the previous poll"
             )
-        if ack_type == AcknowledgeType.GAP or not isinstance(ack_type, AcknowledgeType):
+        if ack_type is AcknowledgeType.GAP or not isinstance(ack_type, AcknowledgeType):
             raise ValueError("the acknowledge type must be ACCEPT, RELEASE, REJECT or RENEW")
         key = (tp, offset)
-        if key not in self.delivered:
-            raise IllegalStateError(f"the record at offset {offset} of {tp} is not awaiting acknowledgement")
-        node_id, _ = self.delivered[key]
-        self.delivered[key] = (node_id, ack_type)
+        entry = self.delivered.get(key)
+        if entry is None:
+            raise IllegalStateError(
+                f"the record at offset {offset} of {TopicPartition(*tp)} is not awaiting acknowledgement"
+            )
+        self.delivered[key] = (entry[0], ack_type)
 
     def unacknowledged(self) -> list[tuple[TopicPartition, int]]:
         return sorted(key for key, (_, ack) in self.delivered.items() if ack is None)
@@ -149,17 +158,26 @@ class AcknowledgementBook:
         records (node, tp, offset), which poll must return again.
         """
         renewed: list[tuple[int, TopicPartition, int]] = []
-        for key in list(self.delivered):
-            node_id, ack = self.delivered[key]
+        kept: dict[tuple[TopicPartition, int], tuple[int, AcknowledgeType | None]] = {}
+        # Records of one partition and node come in runs: look their pending
+        # map up once per run, not once per record.
+        run_node: int | None = None
+        run_tp: TopicPartition | None = None
+        run_acks: dict[int, AcknowledgeType] = {}
+        for key, (node_id, ack) in self.delivered.items():
             if ack is None:
                 if self.explicit:
+                    kept[key] = (node_id, None)
                     continue
                 ack = AcknowledgeType.ACCEPT
             tp, offset = key
-            self.pending.setdefault(node_id, {}).setdefault(tp, {})[offset] = ack
-            del self.delivered[key]
-            if ack == AcknowledgeType.RENEW:
+            if node_id != run_node or tp != run_tp:
+                run_node, run_tp = node_id, tp
+                run_acks = self.pending.setdefault(node_id, {}).setdefault(tp, {})
+            run_acks[offset] = ack
+            if ack is AcknowledgeType.RENEW:
                 renewed.append((node_id, tp, offset))
+        self.delivered = kept
         return renewed
 
     def drop_unacknowledged(self) -> list[tuple[TopicPartition, int]]:
@@ -377,8 +395,10 @@ class ShareConsumer:
 
     def acknowledge(self, record: ConsumerRecord, ack_type: AcknowledgeType = AcknowledgeType.ACCEPT) -> None:
         """Acknowledge a record returned by the last poll (explicit mode only)."""
+        if type(ack_type) is not AcknowledgeType:
+            ack_type = AcknowledgeType(ack_type)  # an int: ValueError unless it is a wire value
         with self._io_lock:
-            self._book.acknowledge(TopicPartition(record.topic, record.partition), record.offset, AcknowledgeType(ack_type))
+            self._book.acknowledge((record.topic, record.partition), record.offset, ack_type)
 
     def acknowledge_offset(self, topic: str, partition: int, offset: int, ack_type: AcknowledgeType) -> None:
         """Acknowledge by coordinates, e.g. a record that failed deserialization (explicit mode only)."""
@@ -575,19 +595,25 @@ class ShareConsumer:
     def _drain_buffer(self) -> list[ConsumerRecord]:
         limit = self._cfg["max.poll.records"]
         out: list[ConsumerRecord] = []
-        self._renewable.clear()
-        while self._buffer and len(out) < limit:
-            item = self._buffer[0]
+        buffer, book, renewable = self._buffer, self._book, self._renewable
+        renewable.clear()
+        tp: TopicPartition | None = None
+        while buffer and len(out) < limit:
+            item = buffer[0]
             if isinstance(item, ShoalError):
                 if out:
                     break  # records before the failure first; the error on the next poll
-                self._buffer.popleft()
+                buffer.popleft()
                 raise item
-            self._buffer.popleft()
+            buffer.popleft()
             node_id, record = item
             out.append(record)
-            self._book.on_delivered(node_id, record.topic_partition, record.offset)
-            self._renewable[(record.topic_partition, record.offset)] = record
+            # Records of one partition come in runs: one TopicPartition per run.
+            if tp is None or record.partition != tp.partition or record.topic != tp.topic:
+                tp = TopicPartition(record.topic, record.partition)
+            key = (tp, record.offset)
+            book.on_delivered(node_id, tp, record.offset)
+            renewable[key] = record
         return out
 
     def _report(self, tp: TopicPartition, offsets: set[int], error: Exception | None, results: dict[TopicPartition, Exception | None]) -> None:
@@ -859,35 +885,40 @@ class ShareConsumer:
         ranges = sorted((r.first_offset, r.last_offset, r.delivery_count) for r in data.acquired_records)
         if not ranges:
             return []
-        acquired: dict[int, int] = {}
+        # Acquired offsets not handled yet → their delivery count. Each offset
+        # is popped when a record (or a REJECT/RELEASE) accounts for it; what
+        # is left at the end holds no record and becomes a GAP.
+        unhandled: dict[int, int] = {}
         for first, last, count in ranges:
-            for offset in range(first, last + 1):
-                acquired[offset] = count
+            unhandled.update(dict.fromkeys(range(first, last + 1), count))
+        book = self._book
         items: list[_BufferItem] = []
-        seen: set[int] = set()
         try:
             batches = decode_batches(data.records, check_crcs=self._cfg["check.crcs"])
         except CorruptRecordError as exc:
             # The bytes cannot even be split into batches: reject every
             # acquired offset, since none of them can ever be read.
-            for offset in acquired:
-                self._book.add_automatic(node_id, tp, offset, AcknowledgeType.REJECT)
+            for offset in unhandled:
+                book.add_automatic(node_id, tp, offset, AcknowledgeType.REJECT)
             return [CorruptRecordError(f"{exc.message} (share fetch from {tp}; acquired records rejected)")]
+        # The default deserializers return the bytes as they are: skip the
+        # per-record calls then (two of the few per-record costs left here).
+        key_deserializer = None if self._key_deserializer is default_deserializer else self._key_deserializer
+        value_deserializer = None if self._value_deserializer is default_deserializer else self._value_deserializer
+        topic, partition = tp
         failed = False
         for header, records in batches:
             if failed:
                 # After a failing record the rest stays acquired but undelivered:
                 # release it so that it is not held until the lock expires.
                 for offset in range(header.base_offset, header.last_offset + 1):
-                    if offset in acquired and offset not in seen:
-                        seen.add(offset)
-                        self._book.add_automatic(node_id, tp, offset, AcknowledgeType.RELEASE)
+                    if unhandled.pop(offset, None) is not None:
+                        book.add_automatic(node_id, tp, offset, AcknowledgeType.RELEASE)
                 continue
             if records is None:
-                rejected = [o for o in range(header.base_offset, header.last_offset + 1) if o in acquired]
+                rejected = [o for o in range(header.base_offset, header.last_offset + 1) if unhandled.pop(o, None) is not None]
                 for offset in rejected:
-                    seen.add(offset)
-                    self._book.add_automatic(node_id, tp, offset, AcknowledgeType.REJECT)
+                    book.add_automatic(node_id, tp, offset, AcknowledgeType.REJECT)
                 if rejected:
                     items.append(
                         CorruptRecordError(
@@ -896,23 +927,28 @@ class ShareConsumer:
                         )
                     )
                 continue
+            leader_epoch = data.leader_epoch or header.leader_epoch
+            timestamp_type = header.timestamp_type
             for record in records:
-                if record.offset not in acquired or record.offset in seen:
-                    continue
+                offset = record.offset
+                delivery_count = unhandled.pop(offset, None)
+                if delivery_count is None:
+                    continue  # not acquired by this fetch
                 if failed:
-                    seen.add(record.offset)
-                    self._book.add_automatic(node_id, tp, record.offset, AcknowledgeType.RELEASE)
+                    book.add_automatic(node_id, tp, offset, AcknowledgeType.RELEASE)
                     continue
-                seen.add(record.offset)
+                key, value = record.key, record.value
                 try:
-                    key = deserialize(self._key_deserializer, record.key, tp, record.offset, "key")
-                    value = deserialize(self._value_deserializer, record.value, tp, record.offset, "value")
+                    if key_deserializer is not None:
+                        key = deserialize(key_deserializer, key, tp, offset, "key")
+                    if value_deserializer is not None:
+                        value = deserialize(value_deserializer, value, tp, offset, "value")
                 except RecordDeserializationError as exc:
-                    self._book.on_failed_record(node_id, tp, record.offset)
+                    book.on_failed_record(node_id, tp, offset)
                     items.append(
                         RecordDeserializationError(
                             f"{exc.message}. The record has been released.",
-                            topic=tp.topic, partition=tp.partition, offset=record.offset, cause=exc.__cause__,
+                            topic=topic, partition=partition, offset=offset, cause=exc.__cause__,
                         )
                     )
                     failed = True
@@ -920,18 +956,16 @@ class ShareConsumer:
                 items.append(
                     (
                         node_id,
-                        ConsumerRecord(
-                            tp.topic, tp.partition, record.offset, record.timestamp_ms, key, value,
-                            list(record.headers), acquired[record.offset], data.leader_epoch or header.leader_epoch,
-                            node_id, header.timestamp_type,
+                        ConsumerRecord._decoded(
+                            topic, partition, offset, record.timestamp_ms, key, value, list(record.headers),
+                            delivery_count, leader_epoch, node_id, timestamp_type,
                         ),
                     )
                 )
-        for offset in acquired:
-            if offset not in seen:
-                # Acquired, but no record holds the offset: a compaction hole
-                # or a control record. GAP archives it (KIP-932).
-                self._book.add_automatic(node_id, tp, offset, AcknowledgeType.GAP)
+        for offset in unhandled:
+            # Acquired, but no record holds the offset: a compaction hole
+            # or a control record. GAP archives it (KIP-932).
+            book.add_automatic(node_id, tp, offset, AcknowledgeType.GAP)
         return items
 
     # ------------------------------------------------------------ internals: sessions and membership

@@ -221,3 +221,24 @@ def test_batch_optimized_budget_is_the_soft_limit_per_node() -> None:
         assert consumer._record_budgets([1, 2]) == {1: 5, 2: 5}
     finally:
         consumer.close()
+
+
+def test_decoded_record_equals_the_dataclass_constructor() -> None:
+    from client.types import ConsumerRecord
+
+    args = ("jobs", 0, 7, 1_700_000_000_000, b"k", "v", [("h", b"1")], 2, 3, 1, "LogAppendTime")
+    fast, slow = ConsumerRecord._decoded(*args), ConsumerRecord(*args)
+    assert fast == slow and repr(fast) == repr(slow) and fast.to_dict() == slow.to_dict()
+    with pytest.raises(Exception):
+        fast.offset = 8  # still frozen
+
+
+def test_acknowledge_with_a_plain_tuple_keeps_the_topic_partition_key() -> None:
+    book = AcknowledgementBook(explicit=True)
+    book.on_delivered(1, TP, 0)
+    book.acknowledge((TP.topic, TP.partition), 0, ACCEPT)
+    assert book.finalize() == []
+    (tp,) = book.take_pending()[1]
+    assert type(tp) is TopicPartition and tp == TP
+    with pytest.raises(IllegalStateError, match="of jobs-0 is not awaiting"):
+        book.acknowledge((TP.topic, TP.partition), 1, ACCEPT)

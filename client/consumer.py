@@ -509,6 +509,10 @@ class Consumer:
             return
         position = self._positions[tp]
         queue = self._buffer.setdefault(tp, deque())
+        # The default deserializers return the bytes as they are: skip the per-record calls then.
+        key_deserializer = None if self._key_deserializer is default_deserializer else self._key_deserializer
+        value_deserializer = None if self._value_deserializer is default_deserializer else self._value_deserializer
+        topic, partition = tp
         for header, decoded in decode_batches(records, check_crcs=self._cfg["check.crcs"]):
             if header.last_offset < position:
                 continue
@@ -517,12 +521,16 @@ class Consumer:
                     f"record batch at offset {header.base_offset} of {tp} fails its CRC check"
                 )
                 return
+            leader_epoch, timestamp_type = header.leader_epoch, header.timestamp_type
             for record in decoded:
                 if record.offset < position:
                     continue
+                key, value = record.key, record.value
                 try:
-                    key = deserialize(self._key_deserializer, record.key, tp, record.offset, "key")
-                    value = deserialize(self._value_deserializer, record.value, tp, record.offset, "value")
+                    if key_deserializer is not None:
+                        key = deserialize(key_deserializer, key, tp, record.offset, "key")
+                    if value_deserializer is not None:
+                        value = deserialize(value_deserializer, value, tp, record.offset, "value")
                 except RecordDeserializationError as exc:
                     # Records before the bad one are returned first; the error
                     # comes on the next poll and the position stays on the bad
@@ -530,10 +538,9 @@ class Consumer:
                     self._paused_error = exc
                     return
                 queue.append(
-                    ConsumerRecord(
-                        tp.topic, tp.partition, record.offset, record.timestamp_ms, key, value,
-                        list(record.headers), None, header.leader_epoch,
-                        timestamp_type=header.timestamp_type,
+                    ConsumerRecord._decoded(
+                        topic, partition, record.offset, record.timestamp_ms, key, value,
+                        list(record.headers), None, leader_epoch, None, timestamp_type,
                     )
                 )
 

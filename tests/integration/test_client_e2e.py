@@ -14,6 +14,7 @@ from client import Admin, Consumer, NewTopic, Producer, TopicPartition
 from client.errors import (
     InvalidPartitionsError,
     KafkaTimeoutError,
+    RecordDeserializationError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
 )
@@ -196,3 +197,35 @@ def test_producer_to_unknown_topic_fails_typed(cluster: Cluster) -> None:
             topic = _topic(admin, partitions=1)
         with pytest.raises(UnknownTopicOrPartitionError, match="partition 5"):
             producer.send(topic, b"x", partition=5)
+
+
+def test_consumer_deserializers_and_a_record_that_fails_them(cluster: Cluster) -> None:
+    with Admin({"bootstrap.servers": cluster.bootstrap}) as admin:
+        topic = _topic(admin, partitions=1)
+    with Producer({"bootstrap.servers": cluster.bootstrap}) as producer:
+        for i in range(6):
+            producer.send(topic, "not-a-number" if i == 3 else str(i), key=f"k{i}", partition=0)
+        producer.flush(30)
+
+    def to_int(data: bytes | None) -> int:
+        return int(data)  # ValueError on the bad record
+
+    config = {"bootstrap.servers": cluster.bootstrap, "value.deserializer": to_int,
+              "key.deserializer": lambda data: data.decode()}
+    tp = TopicPartition(topic, 0)
+    with Consumer(config) as consumer:
+        consumer.assign([tp])
+        consumer.seek_to_beginning()
+        got: list = []
+        # Records before the bad one come first; the error follows on a later poll.
+        with pytest.raises(RecordDeserializationError) as info:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                got += consumer.poll(0.5)
+        assert [(r.key, r.value) for r in got] == [("k0", 0), ("k1", 1), ("k2", 2)]
+        assert (info.value.topic, info.value.partition, info.value.offset) == (topic, 0, 3)
+        # The position stays on the bad record until the application moves past it.
+        assert consumer.position(tp) == 3
+        consumer.seek(tp, 4)
+        rest = wait_until(lambda: consumer.poll(0.5), 20, "the records after the bad one")
+        assert [(r.key, r.value) for r in rest] == [("k4", 4), ("k5", 5)]

@@ -614,10 +614,15 @@ class ReplicaManager:
         return b"".join(parts)
 
     async def offset_for_timestamp(self, topic: str, partition: int, timestamp_ms: int) -> int:
+        found = await self.record_for_timestamp(topic, partition, timestamp_ms)
+        return found[0] if found is not None else self._leader(topic, partition).high_watermark
+
+    async def record_for_timestamp(self, topic: str, partition: int, timestamp_ms: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first committed record at or after ``timestamp_ms``; None past the HW."""
         replica = self._leader(topic, partition)
-        found = replica.log.offset_for_timestamp(timestamp_ms)
-        if found is None or found >= replica.high_watermark:
-            return replica.high_watermark
+        found = replica.log.record_for_timestamp(timestamp_ms)
+        if found is None or found[0] >= replica.high_watermark:
+            return None
         return found
 
     async def delete_records_before(self, topic: str, partition: int, offset: int) -> int:

@@ -257,10 +257,10 @@ class Servicer:
                         f"timestamp {entry.timestamp} is not valid: use -2 (earliest), -1 (latest) or a time in ms",
                     )
                 else:
-                    found = await self.replicas.offset_for_timestamp(entry.topic, entry.partition, entry.timestamp)
-                    if found < high_watermark:
-                        result.offset = found
-                        result.timestamp = entry.timestamp
+                    found = await self.replicas.record_for_timestamp(entry.topic, entry.partition, entry.timestamp)
+                    if found is not None:
+                        # Kafka answers with the found record's own timestamp.
+                        result.offset, result.timestamp = found
             except OperatingError as error:
                 result.error_code = int(error.code)
                 result.error_message = error.message

@@ -464,6 +464,15 @@ class PartitionLog:
 
     def offset_for_timestamp(self, timestamp_ms: int) -> int | None:
         """The first offset whose record timestamp is >= ``timestamp_ms`` (None if there is none)."""
+        found = self.record_for_timestamp(timestamp_ms)
+        return found[0] if found is not None else None
+
+    def record_for_timestamp(self, timestamp_ms: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the first record whose timestamp is >= ``timestamp_ms``, or None.
+
+        The timestamp is the record's own (Kafka's ListOffsets answers with it),
+        the batch's append time on a LogAppendTime batch.
+        """
         self._check_open()
         for segment in self._segments:
             if segment.max_timestamp < timestamp_ms:
@@ -473,7 +482,7 @@ class PartitionLog:
                     continue
                 for record in decode_records(segment.read_bytes(position, header.size_bytes)):
                     if record.timestamp_ms >= timestamp_ms and record.offset >= self._log_start_offset:
-                        return record.offset
+                        return record.offset, record.timestamp_ms
         return None
 
     # ------------------------------------------------------------ truncation

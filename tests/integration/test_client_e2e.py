@@ -171,10 +171,16 @@ def test_admin_topics_offsets_and_cluster(cluster: Cluster) -> None:
             admin.describe_topics(["no-such-topic"])["no-such-topic"].result()
 
         with Producer({"bootstrap.servers": cluster.bootstrap}) as producer:
+            # Recent timestamps (within retention.ms), 100 ms apart.
+            base_ms = int(time.time() * 1000) - 60_000
             for i in range(10):
-                producer.send(topic, str(i), partition=0)
+                producer.send(topic, str(i), partition=0, timestamp_ms=base_ms + 100 * i)
             producer.flush(30)
         tp = TopicPartition(topic, 0)
+        # By timestamp: the first record at or after it, with that record's own timestamp (as Kafka).
+        by_time = admin.list_offsets({tp: base_ms + 250})[tp].result()
+        assert (by_time.offset, by_time.timestamp) == (3, base_ms + 300)
+        assert admin.list_offsets({tp: base_ms + 10_000})[tp].result().offset == -1
         assert admin.list_offsets({tp: OffsetSpec.LATEST})[tp].result().offset == 10
         assert admin.list_offsets({tp: OffsetSpec.EARLIEST})[tp].result().offset == 0
         assert admin.delete_records({tp: 4})[tp].result().low_watermark == 4

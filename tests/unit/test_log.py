@@ -406,6 +406,10 @@ def test_offset_for_timestamp(tmp_path):
     assert log.offset_for_timestamp(11) == 1
     assert log.offset_for_timestamp(450) == 9
     assert log.offset_for_timestamp(951) is None
+    # The found record's own timestamp comes with it (ListOffsets answers with it).
+    assert log.record_for_timestamp(11) == (1, 50)
+    assert log.record_for_timestamp(440) == (9, 450)
+    assert log.record_for_timestamp(951) is None
     log.delete_records_before(5)
     assert log.offset_for_timestamp(0) == 5
 

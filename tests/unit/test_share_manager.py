@@ -185,11 +185,12 @@ async def wait_for(condition, timeout_s: float, what: str):
 
 
 class Node:
-    def __init__(self, tmp_path: Path) -> None:
-        self.local = OneNodePartitions(tmp_path)
+    def __init__(self, tmp_path: Path, local: OneNodePartitions | None = None, topic_partitions: int = 1) -> None:
+        """One node's group services over ``local`` (a OneNodePartitions, or a test double of it)."""
+        self.local = local if local is not None else OneNodePartitions(tmp_path)
         self.local.create(CONSUMER_OFFSETS_TOPIC, 1)
         self.local.create(SHARE_STATE_TOPIC, 1)
-        self.local.create("t", 1)
+        self.local.create("t", topic_partitions)
         self.cluster = OneNodeCluster(self.local)
         self.services: GroupServices | None = None
 
@@ -618,12 +619,7 @@ def test_operations_in_flight_fail_when_coordinator_leadership_moves(tmp_path):
     Now they fail with NOT_COORDINATOR (retriable) and the shard reloads.
     """
     async def scenario():
-        node = Node(tmp_path)
-        node.local = GatedPartitions(tmp_path / "gated", {CONSUMER_OFFSETS_TOPIC})
-        node.local.create(CONSUMER_OFFSETS_TOPIC, 1)
-        node.local.create(SHARE_STATE_TOPIC, 1)
-        node.local.create("t", 1)
-        node.cluster = OneNodeCluster(node.local)
+        node = Node(tmp_path, GatedPartitions(tmp_path / "gated", {CONSUMER_OFFSETS_TOPIC}))
         node.local.gate.set()
         services = await node.start()
         node.local.gate.clear()
@@ -697,12 +693,7 @@ def test_a_fetch_with_acknowledgements_on_two_partitions_makes_one_write_each(tm
     and awaited together, so each share partition writes once, and both partitions'
     writes (same coordinator) go into one state-topic append, not four."""
     async def scenario():
-        node = Node(tmp_path)
-        node.local = CountingPartitions(tmp_path / "counting")
-        node.local.create(CONSUMER_OFFSETS_TOPIC, 1)
-        node.local.create(SHARE_STATE_TOPIC, 1)
-        node.local.create("t", 2)
-        node.cluster = OneNodeCluster(node.local)
+        node = Node(tmp_path, CountingPartitions(tmp_path / "counting"), topic_partitions=2)
         services = await node.start()
         await set_earliest(services)
         manager = services.share_manager
@@ -879,12 +870,7 @@ def test_a_failed_combined_write_fails_the_acks_and_withholds_the_records(tmp_pa
     records whose acquisition was in the same write are not returned, and the reload
     finds the durable past (the ACCEPT did not happen, the new records were never delivered)."""
     async def scenario():
-        node = Node(tmp_path)
-        node.local = FailingStatePartitions(tmp_path / "failing")
-        node.local.create(CONSUMER_OFFSETS_TOPIC, 1)
-        node.local.create(SHARE_STATE_TOPIC, 1)
-        node.local.create("t", 1)
-        node.cluster = OneNodeCluster(node.local)
+        node = Node(tmp_path, FailingStatePartitions(tmp_path / "failing"))
         services = await node.start()
         await set_earliest(services)
         manager = services.share_manager
